@@ -1,0 +1,78 @@
+"""Argument checks shared by every backend: they run before any kernel or state change, and
+read only .shape and .dtype, so NumPy and device arrays are checked by the same code."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(name, a):
+    """a must have dtype float32 or float64."""
+    dtype = np.dtype(a.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+    return dtype
+
+
+def min_ndim(name, a, ndim, what):
+    if len(a.shape) < ndim:
+        raise ValueError(f"{name} must be {what} (at least {ndim}-D), got shape {tuple(a.shape)}")
+
+
+def param(name, a, shape, dtype):
+    """An optional parameter or buffer: None, or an array of exactly `shape` and `dtype`."""
+    if a is None:
+        return
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if np.dtype(a.dtype) != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {np.dtype(a.dtype)}")
+
+
+def eps(value):
+    if not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"eps must be a positive number, got {value!r}")
+    return float(value)
+
+
+def momentum(value):
+    if not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def running_pair(running_mean, running_var):
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+
+
+def num_groups(value, channels):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {type(value).__name__}")
+    if value <= 0 or channels % value != 0:
+        raise ValueError(
+            f"num_groups must be a positive divisor of the number of channels ({channels}), "
+            f"got {value}"
+        )
+    return int(value)
+
+
+def normalized_shape(value):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        shape = tuple(int(d) for d in value)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {value!r}") from None
+    if not shape or any(d < 0 for d in shape):
+        raise ValueError(f"normalized_shape must be non-empty and non-negative, got {shape}")
+    return shape
+
+
+def grad_output(dy, shape, dtype):
+    """dy given to a backward must match the forward's output."""
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"dy must have shape {tuple(shape)} (the forward output's), got {tuple(dy.shape)}")
+    if np.dtype(dy.dtype) != dtype:
+        raise TypeError(f"dy must have dtype {dtype} (the forward output's), got {np.dtype(dy.dtype)}")

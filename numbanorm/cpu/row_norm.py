@@ -1,0 +1,150 @@
+"""CPU kernels for per-row normalization (LayerNorm, GroupNorm, InstanceNorm).
+
+Shape legend: x is a C-contiguous (R, M) view with R = N * G rows of M = Cg * S elements: row
+r = n * G + g holds the Cg channels of group g of sample n, each with S spatial elements.
+The affine weight/bias have G * Cg entries; element (r, c * S + s) uses entry g * Cg + c.
+  LayerNorm:    G = 1, Cg = prod(normalized_shape), S = 1 (per-element affine)
+  GroupNorm:    G = num_groups, Cg = C // G, S = prod(spatial)
+  InstanceNorm: G = C, Cg = 1, S = prod(spatial)
+
+Each task owns whole rows (a shape-determined number of them) and makes both passes over a
+row back to back, so the second pass reads the row from cache, not memory.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .channel_norm import FASTMATH, TASK_SIZE
+
+
+def _rows_per_task(R, M):
+    return max(1, TASK_SIZE // max(M, 1))
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _forward(x, weight, bias, G, Cg, S, eps, rows_per_task, y, mean, rstd):
+    R, M = x.shape
+    for t in prange(-(-R // rows_per_task)):
+        for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
+            # pass 1: shifted sums (the shift keeps the variance free of cancellation)
+            shift = np.float64(x[r, 0])
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(M):
+                d = np.float64(x[r, j]) - shift
+                a1 += d
+                a2 += d * d
+            d_mean = a1 / M
+            m = shift + d_mean
+            rs = 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
+            mean[r] = m
+            rstd[r] = rs
+            # pass 2: normalize and apply the affine
+            base = (r % G) * Cg
+            if S == 1:
+                for c in range(Cg):
+                    y[r, c] = (np.float64(x[r, c]) - m) * (rs * weight[base + c]) + bias[base + c]
+            else:
+                for c in range(Cg):
+                    a = rs * weight[base + c]
+                    b = np.float64(bias[base + c])
+                    for j in range(c * S, (c + 1) * S):
+                        y[r, j] = (np.float64(x[r, j]) - m) * a + b
+
+
+def forward(x, weight, bias, G, Cg, S, eps):
+    """Row-norm forward. weight/bias: (G*Cg,) arrays of x's dtype (ones/zeros when absent).
+
+    Returns (y, mean, rstd); mean and rstd are float64 of shape (R,).
+    """
+    R, M = x.shape
+    y = np.empty_like(x)
+    mean = np.empty(R)
+    rstd = np.empty(R)
+    _forward(x, weight, bias, G, Cg, S, eps, _rows_per_task(R, M), y, mean, rstd)
+    return y, mean, rstd
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db):
+    R, M = x.shape
+    for t in prange(-(-R // rows_per_task)):
+        for i in range(part_dw.shape[1]):
+            part_dw[t, i] = 0.0
+            part_db[t, i] = 0.0
+        for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
+            m = mean[r]
+            rs = rstd[r]
+            base = (r % G) * Cg
+            # pass 1: s1 = sum(w * dy), s2 = sum(w * dy * xhat) over the row, and the
+            # per-channel sums of dy * xhat and dy for dweight / dbias
+            s1 = 0.0
+            s2 = 0.0
+            if S == 1:
+                for c in range(Cg):
+                    g = np.float64(dy[r, c])
+                    gx = g * (np.float64(x[r, c]) - m) * rs
+                    w = np.float64(weight[base + c])
+                    s1 += w * g
+                    s2 += w * gx
+                    part_dw[t, base + c] += gx
+                    part_db[t, base + c] += g
+            else:
+                for c in range(Cg):
+                    sg = 0.0
+                    sgx = 0.0
+                    for j in range(c * S, (c + 1) * S):
+                        g = np.float64(dy[r, j])
+                        sg += g
+                        sgx += g * (np.float64(x[r, j]) - m)
+                    sgx *= rs
+                    w = np.float64(weight[base + c])
+                    s1 += w * sg
+                    s2 += w * sgx
+                    part_dw[t, base + c] += sgx
+                    part_db[t, base + c] += sg
+            # pass 2: dx = rstd * (w*dy - (s1 + xhat*s2) / M)
+            f1 = s1 / M
+            f2 = s2 / M
+            if S == 1:
+                for c in range(Cg):
+                    xh = (np.float64(x[r, c]) - m) * rs
+                    dx[r, c] = rs * (weight[base + c] * np.float64(dy[r, c]) - f1 - xh * f2)
+            else:
+                for c in range(Cg):
+                    w = np.float64(weight[base + c])
+                    for j in range(c * S, (c + 1) * S):
+                        xh = (np.float64(x[r, j]) - m) * rs
+                        dx[r, j] = rs * (w * np.float64(dy[r, j]) - f1 - xh * f2)
+
+
+@njit(cache=True)
+def _sum_rows(p):
+    out = np.zeros(p.shape[1])
+    for t in range(p.shape[0]):
+        for i in range(p.shape[1]):
+            out[i] += p[t, i]
+    return out
+
+
+def backward(x, dy, mean, rstd, weight, G, Cg, S):
+    """Row-norm backward -> (dx, dweight, dbias); dweight/dbias float64 of shape (G*Cg,)."""
+    R, M = x.shape
+    rows_per_task = _rows_per_task(R, M)
+    ntask = -(-R // rows_per_task)
+    dx = np.empty_like(x)
+    part_dw = np.empty((ntask, G * Cg))
+    part_db = np.empty((ntask, G * Cg))
+    _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db)
+    return dx, _sum_rows(part_dw), _sum_rows(part_db)
+
+
+def instance_running_update(mean, rstd, eps, N, C, S, running_mean, running_var, momentum):
+    """InstanceNorm running statistics: per-instance mean and unbiased variance, averaged over N.
+
+    mean/rstd: float64 (N*C,) per-instance statistics from forward. Updates in place.
+    """
+    var = (1.0 / (rstd * rstd) - eps) * (S / (S - 1))
+    running_mean *= 1.0 - momentum
+    running_mean += (momentum * mean.reshape(N, C).mean(axis=0)).astype(running_mean.dtype)
+    running_var *= 1.0 - momentum
+    running_var += (momentum * var.reshape(N, C).mean(axis=0)).astype(running_var.dtype)

@@ -1,0 +1,232 @@
+"""Stateless normalization ops with hand-written backward passes (PyTorch semantics).
+
+Each forward returns ``(y, saved)``; the matching backward takes ``(dy, saved)`` and returns
+``(dx, dweight, dbias)`` with None for a gradient whose parameter was None. Inputs are NumPy
+arrays (CPU backend) or CUDA arrays (GPU backend); outputs live where the input lives.
+
+Two kernel families do all the work (see numbanorm/cpu):
+  channel_norm  statistics per channel over (N, *spatial): BatchNorm, InstanceNorm in eval
+  row_norm      statistics per row of an (N*G, M) view: LayerNorm, GroupNorm, InstanceNorm
+
+Formulas (biased variance for normalization, unbiased for running_var):
+  y = (x - mean) / sqrt(var + eps) * weight + bias
+  running = (1 - momentum) * running + momentum * batch_statistic
+
+`saved` keeps a reference to x (no copy): modifying x in place before the backward changes
+the gradient, as it would for any framework that does not copy its inputs.
+"""
+import math
+
+import numpy as np
+
+from . import _backend
+from . import _validate as check
+
+
+class Saved:
+    """What a backward needs from its forward. Statistics are float64 of shape (rows,) or (C,)."""
+
+    __slots__ = ("backend", "family", "shape", "dtype", "x", "mean", "rstd", "weight",
+                 "has_weight", "has_bias", "param_shape", "training", "groups", "channels_per_group",
+                 "spatial")
+
+    def __init__(self, **fields):
+        for k in self.__slots__:
+            setattr(self, k, fields.get(k))
+
+
+def _prod(dims):
+    return math.prod(int(d) for d in dims)
+
+
+def _empty_result(be, x, family, dtype, weight, bias, param_shape):
+    """An empty batch: empty output, nothing computed, no running statistic touched."""
+    saved = Saved(backend=be, family=family, shape=tuple(x.shape), dtype=dtype, x=None,
+                  has_weight=weight is not None, has_bias=bias is not None,
+                  param_shape=param_shape)
+    return be.empty(tuple(x.shape), dtype), saved
+
+
+# ---------------------------------------------------------------- BatchNorm
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
+               training=True, momentum=0.1, eps=1e-5):
+    """BatchNorm over x of shape (N, C) or (N, C, *spatial); statistics per channel.
+
+    weight, bias, running_mean, running_var: (C,) arrays of x's dtype, or None.
+    training=True normalizes with batch statistics (updating running stats in place when
+    given); training=False normalizes with running_mean / running_var.
+    """
+    be, a = _backend.select(x=x, weight=weight, bias=bias,
+                            running_mean=running_mean, running_var=running_var)
+    x, weight, bias = a["x"], a["weight"], a["bias"]
+    running_mean, running_var = a["running_mean"], a["running_var"]
+    dtype = check.float_array("x", x)
+    check.min_ndim("x", x, 2, "(N, C) or (N, C, *spatial)")
+    N, C = int(x.shape[0]), int(x.shape[1])
+    S = _prod(x.shape[2:])
+    for name, p in (("weight", weight), ("bias", bias),
+                    ("running_mean", running_mean), ("running_var", running_var)):
+        check.param(name, p, (C,), dtype)
+    check.running_pair(running_mean, running_var)
+    eps = check.eps(eps)
+    momentum = check.momentum(momentum)
+    if not training and running_mean is None:
+        raise ValueError("batch_norm with training=False needs running_mean and running_var")
+    if training and N * S == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size "
+            f"{tuple(x.shape)} (N={N}, spatial size={S})"
+        )
+    training = bool(training)
+    if N * C * S == 0:
+        return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
+    x3 = be.contiguous(x).reshape(N, C, S)
+    y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
+                                             running_mean, running_var, momentum)
+    saved = Saved(backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
+                  mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
+                  has_bias=bias is not None, param_shape=(C,), training=training)
+    return y3.reshape(tuple(x.shape)), saved
+
+
+def batch_norm_backward(dy, saved):
+    """Gradients of batch_norm: (dx, dweight, dbias); dy has the forward output's shape."""
+    return _backward(dy, saved, "channel")
+
+
+# ---------------------------------------------------------------- row norms
+
+def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
+    """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
+    C = G * Cg
+    w = weight if weight is not None else be.full((C,), 1.0, dtype)
+    b = bias if bias is not None else be.full((C,), 0.0, dtype)
+    x2 = be.contiguous(x).reshape(N * G, Cg * S)
+    y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
+    saved = Saved(backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
+                  rstd=rstd, weight=w, has_weight=weight is not None, has_bias=bias is not None,
+                  param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
+                  spatial=S)
+    return y2.reshape(tuple(x.shape)), saved
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
+    be, a = _backend.select(x=x, weight=weight, bias=bias)
+    x, weight, bias = a["x"], a["weight"], a["bias"]
+    dtype = check.float_array("x", x)
+    shape = check.normalized_shape(normalized_shape)
+    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
+        raise ValueError(
+            f"x's trailing dims must equal normalized_shape {shape}, got x of shape {tuple(x.shape)}"
+        )
+    check.param("weight", weight, shape, dtype)
+    check.param("bias", bias, shape, dtype)
+    eps = check.eps(eps)
+    M = _prod(shape)
+    R = _prod(x.shape[: len(x.shape) - len(shape)])
+    if R * M == 0:
+        return _empty_result(be, x, "row", dtype, weight, bias, shape)
+    flat = lambda p: None if p is None else be.contiguous(p).reshape(M)
+    return _row_forward(be, x, dtype, flat(weight), flat(bias), eps, R, 1, M, 1, shape)
+
+
+def layer_norm_backward(dy, saved):
+    """Gradients of layer_norm: (dx, dweight, dbias), dweight/dbias of normalized_shape."""
+    return _backward(dy, saved, "row")
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
+    channels); weight/bias are per channel, shape (C,)."""
+    be, a = _backend.select(x=x, weight=weight, bias=bias)
+    x, weight, bias = a["x"], a["weight"], a["bias"]
+    dtype = check.float_array("x", x)
+    check.min_ndim("x", x, 2, "(N, C, *spatial)")
+    N, C = int(x.shape[0]), int(x.shape[1])
+    G = check.num_groups(num_groups, C)
+    check.param("weight", weight, (C,), dtype)
+    check.param("bias", bias, (C,), dtype)
+    eps = check.eps(eps)
+    S = _prod(x.shape[2:])
+    if N * C * S == 0:
+        return _empty_result(be, x, "row", dtype, weight, bias, (C,))
+    return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,))
+
+
+def group_norm_backward(dy, saved):
+    """Gradients of group_norm: (dx, dweight, dbias)."""
+    return _backward(dy, saved, "row")
+
+
+def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """InstanceNorm: x of shape (N, C, *spatial), statistics per (sample, channel).
+
+    With use_input_stats and running stats given, the running stats are updated in place with
+    the per-instance statistics averaged over the batch; use_input_stats=False normalizes with
+    running_mean / running_var instead.
+    """
+    be, a = _backend.select(x=x, weight=weight, bias=bias,
+                            running_mean=running_mean, running_var=running_var)
+    x, weight, bias = a["x"], a["weight"], a["bias"]
+    running_mean, running_var = a["running_mean"], a["running_var"]
+    dtype = check.float_array("x", x)
+    check.min_ndim("x", x, 3, "(N, C, *spatial)")
+    N, C = int(x.shape[0]), int(x.shape[1])
+    S = _prod(x.shape[2:])
+    for name, p in (("weight", weight), ("bias", bias),
+                    ("running_mean", running_mean), ("running_var", running_var)):
+        check.param(name, p, (C,), dtype)
+    check.running_pair(running_mean, running_var)
+    eps = check.eps(eps)
+    momentum = check.momentum(momentum)
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
+        return batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+    if S == 1:
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}"
+        )
+    if N * C * S == 0:
+        return _empty_result(be, x, "row", dtype, weight, bias, (C,))
+    y, saved = _row_forward(be, x, dtype, weight, bias, eps, N, C, 1, S, (C,))
+    if running_mean is not None:
+        be.row_norm.instance_running_update(saved.mean, saved.rstd, eps, N, C, S,
+                                            running_mean, running_var, momentum)
+    return y, saved
+
+
+def instance_norm_backward(dy, saved):
+    """Gradients of instance_norm: (dx, dweight, dbias)."""
+    return _backward(dy, saved, saved.family)
+
+
+# ---------------------------------------------------------------- shared backward
+
+def _backward(dy, saved, family):
+    if not isinstance(saved, Saved) or saved.family != family:
+        raise TypeError("saved must be the second value returned by the matching forward")
+    be = saved.backend
+    be_dy, a = _backend.select(dy=dy)
+    if be_dy is not be:
+        raise ValueError(f"dy is on {be_dy.name} but the forward ran on {be.name}")
+    dy = a["dy"]
+    check.grad_output(dy, saved.shape, saved.dtype)
+    if saved.x is None:  # empty batch: zero parameter gradients
+        zeros = lambda: be.full(saved.param_shape, 0.0, saved.dtype)
+        return (be.empty(saved.shape, saved.dtype),
+                zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
+    dy_view = be.contiguous(dy).reshape(saved.x.shape)
+    if family == "channel":
+        dx, dweight, dbias = be.channel_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
+                                                      saved.weight, saved.training)
+    else:
+        dx, dweight, dbias = be.row_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
+                                                  saved.weight, saved.groups,
+                                                  saved.channels_per_group, saved.spatial)
+    dw = be.cast(dweight, saved.dtype).reshape(saved.param_shape) if saved.has_weight else None
+    db = be.cast(dbias, saved.dtype).reshape(saved.param_shape) if saved.has_bias else None
+    return dx.reshape(saved.shape), dw, db

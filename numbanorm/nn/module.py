@@ -1,0 +1,194 @@
+"""The layer protocol: Parameter, Module (parameters, buffers, children, state dicts, devices).
+
+A layer implements forward(x) -> y and backward(dy) -> dx; backward adds the parameter
+gradients into each Parameter's .grad (None until the first backward, like PyTorch).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import _backend
+
+
+class Parameter:
+    """A trainable array (.data) and its gradient (.grad, None until a backward sets it)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+def float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _to_host(a):
+    return a if isinstance(a, np.ndarray) else a.copy_to_host()
+
+
+class Module:
+    """Base class: registers Parameter and Module attributes, and buffers via register_buffer."""
+
+    def __init__(self, device="cpu"):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "device", _check_device(device))
+
+    def __setattr__(self, name, value):
+        if name in self._buffers:
+            self._buffers[name] = value
+        elif isinstance(value, Parameter) or (value is None and name in ("weight", "bias")):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, value):
+        """A persistent array that is not trained (e.g. running_mean); it goes in state_dict."""
+        object.__setattr__(self, name, value)
+        self._buffers[name] = value
+
+    def _set_buffer(self, name, value):
+        object.__setattr__(self, name, value)
+        self._buffers[name] = value
+
+    # -- forward / backward -------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def _accumulate_grad(self, param, grad):
+        if grad is None:
+            return
+        if param.grad is None:
+            param.grad = grad
+        else:
+            _backend.get(self.device).add_(param.grad, grad)
+
+    # -- modes ----------------------------------------------------------------------------
+    def train(self, mode=True):
+        object.__setattr__(self, "training", bool(mode))
+        for m in self._modules.values():
+            m.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- parameters ------------------------------------------------------------------------
+    def named_parameters(self, prefix=""):
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        """The trainable Parameters (objects with .data and .grad), children included."""
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        """Drop the stored gradients (set to None, PyTorch's default)."""
+        for p in self.parameters():
+            p.grad = None
+
+    # -- state dicts ---------------------------------------------------------------------------
+    def _state_items(self, prefix=""):
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, self, name, True
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, self, name, False
+        for name, m in self._modules.items():
+            yield from m._state_items(prefix + name + ".")
+
+    def state_dict(self):
+        """An OrderedDict of NumPy copies of parameters and buffers, under PyTorch's key names."""
+        out = OrderedDict()
+        for key, owner, name, is_param in self._state_items():
+            value = owner._parameters[name].data if is_param else owner._buffers[name]
+            out[key] = np.array(_to_host(value), copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays (NumPy, or anything np.asarray accepts, e.g. CPU torch tensors) into the
+        parameters and buffers. Everything is checked before anything is written.
+
+        strict: unexpected or missing keys are an error (a missing num_batches_tracked, absent
+        from old PyTorch checkpoints, is allowed). Returns (missing_keys, unexpected_keys).
+        """
+        items = list(self._state_items())
+        expected = {key for key, *_ in items}
+        unexpected = [k for k in state_dict if k not in expected]
+        missing = [k for k in expected if k not in state_dict]
+        required_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if strict and (unexpected or required_missing):
+            raise ValueError(f"load_state_dict: missing keys {required_missing}, unexpected keys {unexpected}")
+        staged = []
+        for key, owner, name, is_param in items:
+            if key not in state_dict:
+                continue
+            current = owner._parameters[name].data if is_param else owner._buffers[name]
+            value = np.asarray(_to_host(state_dict[key]) if hasattr(state_dict[key], "copy_to_host")
+                               else state_dict[key])
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"load_state_dict: {key} must have shape {tuple(current.shape)}, got {tuple(value.shape)}"
+                )
+            if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+                raise TypeError(f"load_state_dict: {key} must be numeric, got dtype {value.dtype}")
+            staged.append((owner, name, is_param, value.astype(current.dtype)))
+        for owner, name, is_param, value in staged:
+            new = _backend.transfer(value, owner.device)
+            if is_param:
+                owner._parameters[name].data = new
+            else:
+                owner._set_buffer(name, new)
+        return missing, unexpected
+
+    # -- devices ---------------------------------------------------------------------------
+    def to(self, device):
+        """Move parameters, gradients and buffers to 'cpu' or 'cuda' (in place); returns self."""
+        device = _check_device(device)
+        for p in self._parameters.values():
+            if p is not None:
+                p.data = _backend.transfer(p.data, device)
+                if p.grad is not None:
+                    p.grad = _backend.transfer(p.grad, device)
+        for name, b in list(self._buffers.items()):
+            if b is not None:
+                self._set_buffer(name, _backend.transfer(b, device))
+        object.__setattr__(self, "device", device)
+        for m in self._modules.values():
+            m.to(device)
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ""
+
+
+def _check_device(device):
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        _backend.get("cuda")  # fails clearly when CUDA is not usable
+    return device

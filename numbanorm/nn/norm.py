@@ -1,0 +1,232 @@
+"""Normalization layers with PyTorch's constructor arguments, defaults and state_dict keys."""
+import numbers
+
+import numpy as np
+
+from .. import _backend
+from .. import _validate as check
+from .. import functional as F
+from .module import Module, Parameter, float_dtype
+
+
+class _Norm(Module):
+    """Shared by every norm layer: keeps the forward's `saved` for one backward."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        object.__setattr__(self, "_saved", None)
+
+    def _array(self, value, shape, dtype):
+        return _backend.transfer(np.full(shape, value, dtype), self.device)
+
+    def _take_saved(self):
+        saved = self._saved
+        if saved is None:
+            raise ValueError(f"{type(self).__name__}.backward called before forward (or twice for one forward)")
+        object.__setattr__(self, "_saved", None)
+        return saved
+
+    def _store_grads(self, dweight, dbias):
+        self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
+        self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
+
+    def _check_input(self, x):
+        ndims = self._input_ndims
+        if len(x.shape) not in ndims:
+            want = " or ".join(f"{d}D" for d in ndims)
+            raise ValueError(f"{type(self).__name__} expected {want} input, got shape {tuple(x.shape)}")
+
+
+class _NormBase(_Norm):
+    """BatchNorm and InstanceNorm: num_features channels, optional affine and running stats."""
+
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype, device):
+        super().__init__(device)
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if momentum is not None:
+            check.momentum(momentum)
+        self.num_features = int(num_features)
+        self.eps = check.eps(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = dtype = float_dtype(dtype)
+        C = self.num_features
+        self.weight = Parameter(self._array(1.0, (C,), dtype)) if affine else None
+        self.bias = Parameter(self._array(0.0, (C,), dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", self._array(0.0, (C,), dtype))
+            self.register_buffer("running_var", self._array(1.0, (C,), dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def _check_input(self, x):
+        super()._check_input(x)
+        if int(x.shape[1]) != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) expected {self.num_features} channels "
+                f"(x.shape[1]), got {int(x.shape[1])}"
+            )
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            C, dt = self.num_features, self.dtype
+            self._set_buffer("running_mean", self._array(0.0, (C,), dt))
+            self._set_buffer("running_var", self._array(1.0, (C,), dt))
+            self._set_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def _params(self):
+        return (self.weight.data if self.weight is not None else None,
+                self.bias.data if self.bias is not None else None)
+
+
+class _BatchNorm(_NormBase):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32, device="cpu"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
+
+    def forward(self, x):
+        """Training: batch statistics (running stats updated); eval: running statistics."""
+        self._check_input(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        counting = self.training and self.track_running_stats
+        if counting and self.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        use_batch_stats = self.training or self.running_mean is None
+        pass_running = not self.training or self.track_running_stats
+        weight, bias = self._params()
+        y, saved = F.batch_norm(x, weight, bias,
+                                self.running_mean if pass_running else None,
+                                self.running_var if pass_running else None,
+                                use_batch_stats, momentum, self.eps)
+        if counting and int(np.prod(x.shape)) > 0:
+            self.num_batches_tracked += 1
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = F.batch_norm_backward(dy, self._take_saved())
+        self._store_grads(dweight, dbias)
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """BatchNorm over (N, C) or (N, C, L)."""
+    _input_ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """BatchNorm over (N, C, H, W)."""
+    _input_ndims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """BatchNorm over (N, C, D, H, W)."""
+    _input_ndims = (5,)
+
+
+class _InstanceNorm(_NormBase):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
+                 dtype=np.float32, device="cpu"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
+
+    def forward(self, x):
+        """Per-(sample, channel) statistics; in eval with tracked running stats, those instead."""
+        self._check_input(x)
+        weight, bias = self._params()
+        use_input_stats = self.training or not self.track_running_stats
+        # PyTorch's InstanceNorm treats momentum=None as 0 (no cumulative average)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        y, saved = F.instance_norm(x, weight, bias, self.running_mean, self.running_var,
+                                   use_input_stats, momentum, self.eps)
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = F.instance_norm_backward(dy, self._take_saved())
+        self._store_grads(dweight, dbias)
+        return dx
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """InstanceNorm over (N, C, L)."""
+    _input_ndims = (3,)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """InstanceNorm over (N, C, H, W)."""
+    _input_ndims = (4,)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """InstanceNorm over (N, C, D, H, W)."""
+    _input_ndims = (5,)
+
+
+class LayerNorm(_Norm):
+    """LayerNorm over the trailing normalized_shape dims; weight and bias have that shape."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype=np.float32, device="cpu"):
+        super().__init__(device)
+        self.normalized_shape = check.normalized_shape(normalized_shape)
+        self.eps = check.eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = dtype = float_dtype(dtype)
+        shape = self.normalized_shape
+        self.weight = Parameter(self._array(1.0, shape, dtype)) if elementwise_affine else None
+        self.bias = Parameter(self._array(0.0, shape, dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        y, saved = F.layer_norm(x, self.normalized_shape,
+                                self.weight.data if self.weight is not None else None,
+                                self.bias.data if self.bias is not None else None, self.eps)
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = F.layer_norm_backward(dy, self._take_saved())
+        self._store_grads(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(_Norm):
+    """GroupNorm: (N, C, *) input, statistics per (sample, group); per-channel affine."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, device="cpu"):
+        super().__init__(device)
+        if isinstance(num_channels, bool) or not isinstance(num_channels, numbers.Integral) or num_channels <= 0:
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        self.num_groups = check.num_groups(num_groups, int(num_channels))
+        self.num_channels = int(num_channels)
+        self.eps = check.eps(eps)
+        self.affine = bool(affine)
+        self.dtype = dtype = float_dtype(dtype)
+        self.weight = Parameter(self._array(1.0, (num_channels,), dtype)) if affine else None
+        self.bias = Parameter(self._array(0.0, (num_channels,), dtype)) if affine else None
+
+    def forward(self, x):
+        if len(x.shape) >= 2 and int(x.shape[1]) != self.num_channels:
+            raise ValueError(f"GroupNorm expected {self.num_channels} channels (x.shape[1]), got {int(x.shape[1])}")
+        y, saved = F.group_norm(x, self.num_groups,
+                                self.weight.data if self.weight is not None else None,
+                                self.bias.data if self.bias is not None else None, self.eps)
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = F.group_norm_backward(dy, self._take_saved())
+        self._store_grads(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
