@@ -198,20 +198,33 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     return affine(x, mean, scale, offset), mean, rstd
 
 
-def backward(x, dy, mean, rstd, weight, training):
-    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias) with float64 (C,) grads.
+def backward_sums(x, dy, mean):
+    """Per-channel float64 (sum(dy), sum(dy * (x - mean))) of (N, C, S) arrays: the two
+    reductions of the backward (SyncBatchNorm allreduces them across ranks)."""
+    return _partial_sums(x, mean, dy)
 
-    training: the statistics depended on x, so dx = w*rstd * (dy - mean(dy) - xhat*mean(dy*xhat)).
-    Otherwise they were constants: dx = w*rstd*dy.
+
+def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, count):
+    """BatchNorm backward given the reductions over `count` values per channel.
+
+    Returns (dx, dweight, dbias), grads float64 (C,).
+    training: the statistics depended on x, so
+        dx = w*rstd * (dy - sum_dy/count - (x - mean)*rstd^2 * sum_dy_xmu/count);
+    otherwise they were constants: dx = w*rstd*dy.
     """
-    N, C, S = x.shape
-    sum_dy, sum_dy_xmu = _partial_sums(x, mean, dy)
+    C = x.shape[1]
     dweight = sum_dy_xmu * rstd
     dbias = sum_dy
     k = rstd * weight if weight is not None else rstd
     if not training:
         return affine(dy, np.zeros(C), k, np.zeros(C)), dweight, dbias
-    count = N * S
     dx = np.empty_like(x)
     _backward_dx(x, dy, mean, k, -k * rstd * rstd * sum_dy_xmu / count, -k * sum_dy / count, dx)
     return dx, dweight, dbias
+
+
+def backward(x, dy, mean, rstd, weight, training):
+    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads float64 (C,)."""
+    N, C, S = x.shape
+    sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
+    return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
