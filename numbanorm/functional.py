@@ -201,7 +201,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
 
 def instance_norm_backward(dy, saved):
     """Gradients of instance_norm: (dx, dweight, dbias)."""
-    return _backward(dy, saved, saved.family)
+    return _backward(dy, saved, getattr(saved, "family", "row"))
 
 
 # ---------------------------------------------------------------- shared backward
