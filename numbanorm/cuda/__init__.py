@@ -1,0 +1,80 @@
+"""GPU backend: numba.cuda kernels on device arrays (the twin of numbanorm.cpu).
+
+Same module-level interface as numbanorm.cpu: `channel_norm` and `row_norm` kernel modules plus
+the array helpers below; `config` holds the launch sizes (read at every launch).
+
+Arrays: Numba device arrays are used as they are; any other object exposing
+`__cuda_array_interface__` (CuPy arrays, PyTorch CUDA tensors) is wrapped zero-copy with
+`cuda.as_cuda_array`. Outputs and gradients are always **Numba device arrays**, on the device
+of the input (use `cupy.asarray(y)` / `torch.as_tensor(y, device="cuda")` to get a foreign
+array back, zero-copy). Everything is launched on the default stream; no op copies to the host.
+
+Only this package imports numba.cuda, so the CPU path works without numba-cuda.
+"""
+import numpy as np
+from numba import cuda
+from numba.cuda import devicearray
+
+from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests)
+from . import channel_norm, row_norm
+from ._common import add_ as _add_, copy_cast
+
+name = "cuda"
+
+
+def wrap(a):
+    """The Numba device array to compute on: device arrays as they are, foreign CUDA arrays
+    wrapped zero-copy."""
+    if devicearray.is_cuda_ndarray(a):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a)
+    raise TypeError(f"expected a CUDA array, got {type(a).__module__}.{type(a).__qualname__}")
+
+
+def contiguous(a):
+    """a if it is C-contiguous, else a C-contiguous copy made on the device."""
+    if a.is_c_contiguous():
+        return a
+    out = cuda.device_array(tuple(a.shape), a.dtype)
+    try:
+        out[:] = a  # numba's strided device-to-device assignment kernel
+    except Exception as e:
+        raise ValueError(
+            f"could not make a contiguous copy of a device array of shape {tuple(a.shape)} and "
+            f"strides {tuple(a.strides)}: {e}"
+        ) from e
+    return out
+
+
+def empty(shape, dtype):
+    return cuda.device_array(tuple(shape), np.dtype(dtype))
+
+
+def full(shape, value, dtype):
+    """A device array filled with value (filled on the device)."""
+    from ._common import fill
+
+    return fill(cuda.device_array(tuple(shape), np.dtype(dtype)), value)
+
+
+def cast(a, dtype):
+    """a (float64 statistics or gradients) converted to dtype, on the device."""
+    dtype = np.dtype(dtype)
+    if np.dtype(a.dtype) == dtype:
+        return a
+    return copy_cast(contiguous(a), cuda.device_array(tuple(a.shape), dtype))
+
+
+def add_(dst, src):
+    """dst += src in place (gradient accumulation), on the device. Same shapes, contiguous."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"add_: shapes differ, {tuple(dst.shape)} and {tuple(src.shape)}")
+    _add_(dst, contiguous(src))
+
+
+def to_device(a):
+    """a as a device array: device arrays as they are (foreign ones wrapped), host arrays copied."""
+    if devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__"):
+        return wrap(a)
+    return cuda.to_device(np.ascontiguousarray(a))

@@ -1,0 +1,123 @@
+"""Pieces shared by the GPU kernels: launch sizes, the block reduction, 1-D helpers.
+
+Determinism: every reduction has a fixed partition (a function of the shape and the config
+only) and a fixed merge order, and no float atomics are used, so two runs agree bitwise.
+"""
+import numpy as np
+from numba import cuda, float64
+
+from . import config
+
+# The CUDA simulator has no warp shuffles; there the last 32 partials are summed through
+# shared memory instead, in the same pairwise order, so both paths give identical bits.
+USE_SHUFFLE = hasattr(cuda, "shfl_down_sync")
+FULL_MASK = 0xFFFFFFFF
+WARP = 32
+
+
+def threads():
+    """Threads per block from config.THREADS, checked (a power of two, 32..1024)."""
+    t = int(config.THREADS)
+    if t < WARP or t > 1024 or t & (t - 1):
+        raise ValueError(f"numbanorm.cuda.config.THREADS must be a power of two in [32, 1024], got {t}")
+    return t
+
+
+def shared_bytes(t):
+    """Dynamic shared memory for block_sum2: two float64 values per thread."""
+    return 2 * t * 8
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+@cuda.jit(device=True)
+def block_sum2(a, b, sh):
+    """Sum a and b over the block; every thread gets (sum_a, sum_b).
+
+    sh: the dynamic shared float64 array of 2 * blockDim.x entries. All threads must call this
+    (it synchronizes). Pairwise tree order, fixed for a given blockDim.x.
+    """
+    tid = cuda.threadIdx.x
+    T = cuda.blockDim.x
+    sh[tid] = a
+    sh[T + tid] = b
+    cuda.syncthreads()
+    stride = T // 2
+    last = WARP if USE_SHUFFLE else 1
+    while stride >= last:
+        if tid < stride:
+            sh[tid] += sh[tid + stride]
+            sh[T + tid] += sh[T + tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if USE_SHUFFLE:
+        # sh[0:32] (and sh[T:T+32]) hold 32 partials: finish in warp 0 with shuffles
+        if tid < WARP:
+            a = sh[tid]
+            b = sh[T + tid]
+            off = WARP // 2
+            while off > 0:
+                a += cuda.shfl_down_sync(FULL_MASK, a, off)
+                b += cuda.shfl_down_sync(FULL_MASK, b, off)
+                off //= 2
+            if tid == 0:
+                sh[0] = a
+                sh[T] = b
+        cuda.syncthreads()
+    a = sh[0]
+    b = sh[T]
+    cuda.syncthreads()  # sh may be reused by the caller's next reduction
+    return a, b
+
+
+@cuda.jit
+def _fill(out, value):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = value
+
+
+@cuda.jit
+def _copy_cast(src, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = src[i]
+
+
+@cuda.jit
+def _add(dst, src):
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] += src[i]
+
+
+def grid_1d(n, t):
+    """Blocks for a grid-stride loop over n elements."""
+    return max(1, min(cdiv(n, t), config.TARGET_BLOCKS * 4))
+
+
+def flat(a):
+    """A C-contiguous device array as 1-D (a view)."""
+    return a.reshape(int(np.prod(a.shape, dtype=np.int64)))
+
+
+def fill(out, value):
+    n = int(np.prod(out.shape, dtype=np.int64))
+    if n:
+        t = threads()
+        _fill[grid_1d(n, t), t](flat(out), value)
+    return out
+
+
+def copy_cast(src, out):
+    n = int(np.prod(out.shape, dtype=np.int64))
+    if n:
+        t = threads()
+        _copy_cast[grid_1d(n, t), t](flat(src), flat(out))
+    return out
+
+
+def add_(dst, src):
+    n = int(np.prod(dst.shape, dtype=np.int64))
+    if n:
+        t = threads()
+        _add[grid_1d(n, t), t](flat(dst), flat(src))

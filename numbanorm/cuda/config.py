@@ -1,0 +1,11 @@
+"""Launch configuration of the GPU backend, read at every launch (tests shrink THREADS).
+
+THREADS           threads per block: a power of two from 32 to 1024.
+ITEMS_PER_THREAD  a BatchNorm partial block is given at least THREADS * ITEMS_PER_THREAD
+                  elements of its channel (fewer, larger blocks when the channel is short).
+TARGET_BLOCKS     how many blocks a per-channel reduction aims for: enough to fill the 132 SMs
+                  of an H100 several waves deep even when C is small.
+"""
+THREADS = 256
+ITEMS_PER_THREAD = 16
+TARGET_BLOCKS = 132 * 8
