@@ -12,6 +12,9 @@ from numba import njit, prange
 
 # reassoc lets LLVM vectorise the reductions (float64 sums of float32 data stay bandwidth-bound);
 # no nnan/ninf, so NaN still propagates to the channel that holds it.
+# Inner loops run over a sliced view from 0 (`v = x[n, c, s0:s1]; for s in range(v.size)`):
+# a loop `for s in range(s0, s1)` keeps Numba's negative-index wraparound check, which stops
+# LLVM vectorising it (measured 7 GB/s against 57 GB/s for the sliced form).
 FASTMATH = {"reassoc", "contract"}
 TASK_SIZE = 16384  # elements per parallel task
 
@@ -44,16 +47,17 @@ def _plane_partials(x, center, dy, samples, spatial, p1, p2):
         m = center[c]
         a1 = 0.0
         a2 = 0.0
-        if with_dy:
-            for n in range(n0, n1):
-                for s in range(s0, s1):
-                    g = np.float64(dy[n, c, s])
+        for n in range(n0, n1):
+            xv = x[n, c, s0:s1]
+            if with_dy:
+                gv = dy[n, c, s0:s1]
+                for s in range(xv.size):
+                    g = np.float64(gv[s])
                     a1 += g
-                    a2 += g * (np.float64(x[n, c, s]) - m)
-        else:
-            for n in range(n0, n1):
-                for s in range(s0, s1):
-                    d = np.float64(x[n, c, s]) - m
+                    a2 += g * (np.float64(xv[s]) - m)
+            else:
+                for s in range(xv.size):
+                    d = np.float64(xv[s]) - m
                     a1 += d
                     a2 += d * d
         p1[b, c, k] = a1
@@ -71,14 +75,16 @@ def _column_partials(x, center, dy, samples, p1, p2):
         a1 = np.zeros(C)
         a2 = np.zeros(C)
         for n in range(b * samples, min(N, (b + 1) * samples)):
+            xv = x[n]
             if with_dy:
+                gv = dy[n]
                 for c in range(C):
-                    g = np.float64(dy[n, c])
+                    g = np.float64(gv[c])
                     a1[c] += g
-                    a2[c] += g * (np.float64(x[n, c]) - center[c])
+                    a2[c] += g * (np.float64(xv[c]) - center[c])
             else:
                 for c in range(C):
-                    d = np.float64(x[n, c]) - center[c]
+                    d = np.float64(xv[c]) - center[c]
                     a1[c] += d
                     a2[c] += d * d
         for c in range(C):
@@ -136,8 +142,10 @@ def _affine(u, center, scale, offset, out):
     N, C, S = u.shape
     if S == 1:
         for n in prange(N):
+            uv = u[n, :, 0]
+            ov = out[n, :, 0]
             for c in range(C):
-                out[n, c, 0] = (np.float64(u[n, c, 0]) - center[c]) * scale[c] + offset[c]
+                ov[c] = (np.float64(uv[c]) - center[c]) * scale[c] + offset[c]
     else:
         for t in prange(N * C):
             n = t // C
@@ -145,8 +153,10 @@ def _affine(u, center, scale, offset, out):
             m = center[c]
             a = scale[c]
             b = offset[c]
+            uv = u[n, c]
+            ov = out[n, c]
             for s in range(S):
-                out[n, c, s] = (np.float64(u[n, c, s]) - m) * a + b
+                ov[s] = (np.float64(uv[s]) - m) * a + b
 
 
 def affine(u, center, scale, offset):
@@ -161,15 +171,17 @@ def _backward_dx(x, dy, mean, a, b, d, dx):
     N, C, S = x.shape
     if S == 1:
         for n in prange(N):
+            xv, gv, ov = x[n, :, 0], dy[n, :, 0], dx[n, :, 0]
             for c in range(C):
-                dx[n, c, 0] = a[c] * dy[n, c, 0] + b[c] * (np.float64(x[n, c, 0]) - mean[c]) + d[c]
+                ov[c] = a[c] * np.float64(gv[c]) + b[c] * (np.float64(xv[c]) - mean[c]) + d[c]
     else:
         for t in prange(N * C):
             n = t // C
             c = t % C
             ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
+            xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
             for s in range(S):
-                dx[n, c, s] = ac * np.float64(dy[n, c, s]) + bc * (np.float64(x[n, c, s]) - mc) + dc
+                ov[s] = ac * np.float64(gv[s]) + bc * (np.float64(xv[s]) - mc) + dc
 
 
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):

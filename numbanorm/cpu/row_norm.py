@@ -26,11 +26,13 @@ def _forward(x, weight, bias, G, Cg, S, eps, rows_per_task, y, mean, rstd):
     for t in prange(-(-R // rows_per_task)):
         for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
             # pass 1: shifted sums (the shift keeps the variance free of cancellation)
-            shift = np.float64(x[r, 0])
+            xr = x[r]
+            yr = y[r]
+            shift = np.float64(xr[0])
             a1 = 0.0
             a2 = 0.0
             for j in range(M):
-                d = np.float64(x[r, j]) - shift
+                d = np.float64(xr[j]) - shift
                 a1 += d
                 a2 += d * d
             d_mean = a1 / M
@@ -41,14 +43,18 @@ def _forward(x, weight, bias, G, Cg, S, eps, rows_per_task, y, mean, rstd):
             # pass 2: normalize and apply the affine
             base = (r % G) * Cg
             if S == 1:
+                wv = weight[base:base + Cg]
+                bv = bias[base:base + Cg]
                 for c in range(Cg):
-                    y[r, c] = (np.float64(x[r, c]) - m) * (rs * weight[base + c]) + bias[base + c]
+                    yr[c] = (np.float64(xr[c]) - m) * (rs * wv[c]) + bv[c]
             else:
                 for c in range(Cg):
                     a = rs * weight[base + c]
                     b = np.float64(bias[base + c])
-                    for j in range(c * S, (c + 1) * S):
-                        y[r, j] = (np.float64(x[r, j]) - m) * a + b
+                    xv = xr[c * S:(c + 1) * S]
+                    yv = yr[c * S:(c + 1) * S]
+                    for j in range(S):
+                        yv[j] = (np.float64(xv[j]) - m) * a + b
 
 
 def forward(x, weight, bias, G, Cg, S, eps):
@@ -75,27 +81,33 @@ def _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, p
             m = mean[r]
             rs = rstd[r]
             base = (r % G) * Cg
+            xr, gr, dxr = x[r], dy[r], dx[r]
             # pass 1: s1 = sum(w * dy), s2 = sum(w * dy * xhat) over the row, and the
             # per-channel sums of dy * xhat and dy for dweight / dbias
             s1 = 0.0
             s2 = 0.0
             if S == 1:
+                wv = weight[base:base + Cg]
+                pw = part_dw[t, base:base + Cg]
+                pb = part_db[t, base:base + Cg]
                 for c in range(Cg):
-                    g = np.float64(dy[r, c])
-                    gx = g * (np.float64(x[r, c]) - m) * rs
-                    w = np.float64(weight[base + c])
+                    g = np.float64(gr[c])
+                    gx = g * (np.float64(xr[c]) - m) * rs
+                    w = np.float64(wv[c])
                     s1 += w * g
                     s2 += w * gx
-                    part_dw[t, base + c] += gx
-                    part_db[t, base + c] += g
+                    pw[c] += gx
+                    pb[c] += g
             else:
                 for c in range(Cg):
                     sg = 0.0
                     sgx = 0.0
-                    for j in range(c * S, (c + 1) * S):
-                        g = np.float64(dy[r, j])
+                    xv = xr[c * S:(c + 1) * S]
+                    gv = gr[c * S:(c + 1) * S]
+                    for j in range(S):
+                        g = np.float64(gv[j])
                         sg += g
-                        sgx += g * (np.float64(x[r, j]) - m)
+                        sgx += g * (np.float64(xv[j]) - m)
                     sgx *= rs
                     w = np.float64(weight[base + c])
                     s1 += w * sg
@@ -106,15 +118,19 @@ def _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, p
             f1 = s1 / M
             f2 = s2 / M
             if S == 1:
+                wv = weight[base:base + Cg]
                 for c in range(Cg):
-                    xh = (np.float64(x[r, c]) - m) * rs
-                    dx[r, c] = rs * (weight[base + c] * np.float64(dy[r, c]) - f1 - xh * f2)
+                    xh = (np.float64(xr[c]) - m) * rs
+                    dxr[c] = rs * (wv[c] * np.float64(gr[c]) - f1 - xh * f2)
             else:
                 for c in range(Cg):
                     w = np.float64(weight[base + c])
-                    for j in range(c * S, (c + 1) * S):
-                        xh = (np.float64(x[r, j]) - m) * rs
-                        dx[r, j] = rs * (w * np.float64(dy[r, j]) - f1 - xh * f2)
+                    xv = xr[c * S:(c + 1) * S]
+                    gv = gr[c * S:(c + 1) * S]
+                    dv = dxr[c * S:(c + 1) * S]
+                    for j in range(S):
+                        xh = (np.float64(xv[j]) - m) * rs
+                        dv[j] = rs * (w * np.float64(gv[j]) - f1 - xh * f2)
 
 
 @njit(cache=True)
