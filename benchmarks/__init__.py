@@ -1,0 +1,1 @@
+"""pytest-benchmark suites for numbanorm (see benchmarks/README.md)."""

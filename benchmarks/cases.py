@@ -1,0 +1,56 @@
+"""The shapes the op benchmarks run, in full mode and in quick (CI) mode."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    """op: BatchNorm2d-train, BatchNorm2d-eval, LayerNorm (over the last dim), GroupNorm
+    (`groups` groups) or InstanceNorm2d (affine=False, no running stats: the layer defaults)."""
+
+    op: str
+    shape: tuple
+    groups: int = 0
+
+    @property
+    def label(self):
+        s = "x".join(str(d) for d in self.shape)
+        return f"{s} G={self.groups}" if self.groups else s
+
+    @property
+    def training(self):
+        return self.op != "BatchNorm2d-eval"
+
+    def group(self, direction, device="cpu"):
+        """The pytest-benchmark group: op + direction + shape (GPU groups are prefixed)."""
+        g = f"{self.op} {direction} {self.label}"
+        return g if device == "cpu" else f"{device.upper()} {g}"
+
+
+SMALL = [  # per-call overhead
+    Case("BatchNorm2d-train", (8, 16, 8, 8)),
+    Case("BatchNorm2d-eval", (8, 16, 8, 8)),
+    Case("LayerNorm", (32, 64)),
+    Case("GroupNorm", (8, 64, 8, 8), 32),
+    Case("InstanceNorm2d", (8, 16, 8, 8)),
+]
+
+FULL = [
+    Case("BatchNorm2d-train", (64, 64, 56, 56)),
+    Case("BatchNorm2d-train", (128, 32, 28, 28)),
+    Case("BatchNorm2d-train", (256, 16, 14, 14)),
+    Case("BatchNorm2d-eval", (64, 64, 56, 56)),
+    Case("BatchNorm2d-eval", (128, 32, 28, 28)),
+    Case("BatchNorm2d-eval", (256, 16, 14, 14)),
+    Case("LayerNorm", (4096, 1024)),
+    Case("LayerNorm", (16384, 256)),
+    Case("GroupNorm", (32, 256, 28, 28), 32),
+    Case("GroupNorm", (64, 64, 56, 56), 32),
+    Case("InstanceNorm2d", (32, 64, 28, 28)),
+] + SMALL
+
+# Quick mode: the small shapes plus one just large enough for the parallel floor kernels.
+QUICK = SMALL + [Case("BatchNorm2d-train", (4, 16, 32, 32))]
+
+
+def cases(quick):
+    return QUICK if quick else FULL
