@@ -41,6 +41,7 @@ Checkpoints: `save_on_root` writes on rank 0 only, atomically (temp file + os.re
 import contextlib
 import math
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -364,6 +365,7 @@ def _abort(comm, exc):
     sys.stderr.write(f"numbanorm.distributed: rank {rank} of {size} failed, aborting all ranks:\n{msg}")
     sys.stderr.flush()
     sys.stdout.flush()
+    time.sleep(0.5)  # let mpiexec forward the message before Abort tears the job down
     comm.Abort(1)
 
 
@@ -383,7 +385,9 @@ def save_on_root(path, state, comm=None, root=0):
     comm = _comm(comm)
     if comm.Get_rank() == root:
         with atomic_open(path, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
+            # np.savez converts each value as it writes it (device arrays copy to the host)
+            np.savez(f, **{k: (v.copy_to_host() if hasattr(v, "copy_to_host") else v)
+                           for k, v in state.items()})
     comm.Barrier()
 
 

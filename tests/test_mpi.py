@@ -1,0 +1,200 @@
+"""MPI tests: real `mpiexec -n 2` / `-n 3` runs of the workers in tests/mpi_workers/.
+
+They need mpi4py and an `mpiexec` (pip install mpi4py mpich, the `mpi` extra) and skip with that
+reason otherwise. Each run has a timeout and is killed (whole process group) when it exceeds it,
+so a hang fails the test instead of blocking CI. Workers run with one Numba thread per rank
+(2 cores here) and share Numba's on-disk cache, which a single-rank warm-up run fills first so
+that ranks do not compile concurrently.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numbanorm import distributed as D
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = Path(__file__).resolve().parent / "mpi_workers"
+TIMEOUT = 60  # seconds per mpiexec run (they take a few seconds once Numba's cache is warm)
+WARMUP_TIMEOUT = 300  # the first run may compile every kernel
+
+
+def _find_mpiexec():
+    """The mpiexec beside this Python (the mpich wheel puts one in the venv), else on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    return shutil.which("mpiexec")
+
+
+MPIEXEC = _find_mpiexec()
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+pytestmark = pytest.mark.skipif(
+    not (HAVE_MPI4PY and MPIEXEC),
+    reason="MPI tests need mpi4py and mpiexec: pip install mpi4py mpich (numbanorm[mpi])"
+    + ("" if HAVE_MPI4PY else "; mpi4py is not installed")
+    + ("" if MPIEXEC else "; no mpiexec found beside python or on PATH"),
+)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["NUMBA_NUM_THREADS"] = "1"  # ranks share 2 cores
+    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def mpirun(n, script, *args, timeout=TIMEOUT):
+    """Run `mpiexec -n n python script args`; returns CompletedProcess (text). A run past
+    `timeout` is killed with its whole process group and reported as a hang."""
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(WORKERS / script), *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[2:])} hung: killed after {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def check_ok(res):
+    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """One single-rank run of each worker: compiles (and caches) every kernel they use."""
+    d = tmp_path_factory.mktemp("warm")
+    check_ok(mpirun(1, "sync_bn.py", "--sizes", "6", "--out", d / "r.json", timeout=WARMUP_TIMEOUT))
+    check_ok(mpirun(1, "train.py", "--steps", "1", "--out", d / "t.npz", timeout=WARMUP_TIMEOUT))
+    check_ok(mpirun(1, "train.py", "--steps", "1", "--dtype", "float32", "--out", d / "t32.npz",
+                    timeout=WARMUP_TIMEOUT))
+
+
+# ---------------------------------------------------------------- SyncBatchNorm vs one process
+
+TOL = {"float64": 1e-12, "float32": 2e-6}  # times (1 + max |reference|)
+
+
+@pytest.mark.parametrize("sizes", ["6,6", "3,8", "1,4,7", "5,0,3", "0,9"],
+                         ids=["2ranks-equal", "2ranks-uneven", "3ranks-1-4-7", "3ranks-empty", "2ranks-empty-first"])
+def test_sync_batch_norm_equals_single_process(warm, tmp_path, sizes):
+    """Two training steps (forward, backward with random dy, running stats) and one eval step of
+    nn.SyncBatchNorm on P ranks vs nn.BatchNorm on the concatenated batch in one process."""
+    out = tmp_path / "result.json"
+    check_ok(mpirun(len(sizes.split(",")), "sync_bn.py", "--sizes", sizes, "--out", out))
+    results = json.loads(out.read_text())
+    assert len(results) == 3
+    for case, r in results.items():
+        tol = TOL["float32" if case.startswith("float32") else "float64"]
+        for key in ("y", "dx", "dweight", "dbias", "running_mean", "running_var"):
+            assert r[key] <= tol * (1 + r["scale"][key]), (case, key, r[key], r["scale"][key])
+        assert r["y_eval"] <= tol * (1 + r["scale"]["y"]), (case, r["y_eval"])
+        assert r["ranks_identical"], case
+        assert r["num_batches_tracked"] == [2] * len(r["num_batches_tracked"]), case
+    print(f"\n{sizes}: " + "; ".join(
+        f"{c}: " + " ".join(f"{k}={r[k]:.1e}" for k in ("y", "dx", "dweight", "dbias", "running_mean", "running_var"))
+        for c, r in results.items()))
+
+
+def test_one_value_per_channel_raises_on_every_rank(warm):
+    """Training with a single value per channel over all ranks is an error on every rank alike
+    (the count is global, known after the collective), so no rank is left waiting."""
+    code = (
+        "import numpy as np\n"
+        "from mpi4py import MPI\n"
+        "from numbanorm import distributed as D\n"
+        "c = MPI.COMM_WORLD\n"
+        "x = np.ones((1 if c.rank == 0 else 0, 3))\n"
+        "try:\n"
+        "    D.sync_batch_norm(x, comm=c)\n"
+        "except ValueError as e:\n"
+        "    print(f'rank {c.rank}: {e}', flush=True)\n"
+        "c.Barrier()\n"
+    )
+    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    check_ok(res)
+    for rank in (0, 1):
+        assert f"rank {rank}: Expected more than 1 value per channel" in res.stdout, res.stdout
+
+
+def test_merge_stats_matches_concatenation():
+    """Chan's merge in rank order (no MPI needed) equals the statistics of the concatenation,
+    empty parts included."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((n, 4)) * 3 + 1e4 for n in (0, 1, 5, 0, 12)]
+    parts = np.zeros((len(chunks), 3, 4))
+    for r, c in enumerate(chunks):
+        if len(c):
+            parts[r] = [np.full(4, len(c)), c.mean(0), ((c - c.mean(0)) ** 2).sum(0)]
+    n, mean, m2 = D.merge_stats(parts)
+    whole = np.concatenate(chunks)
+    assert n == len(whole)
+    np.testing.assert_allclose(mean, whole.mean(0), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(m2 / n, whole.var(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n,size", [(10, 3), (2, 3), (128, 2), (0, 2)])
+def test_shard_range_covers_in_order(n, size):
+    blocks = [D.shard_range(n, rank=r, size=size) for r in range(size)]
+    assert [i for a, b in blocks for i in range(a, b)] == list(range(n))
+    lengths = [b - a for a, b in blocks]
+    assert max(lengths) - min(lengths) <= 1
+
+
+# ---------------------------------------------------------------- data parallel
+
+def test_allreduce_gradients_bucketed_and_broadcast(warm):
+    res = check_ok(mpirun(3, "grads.py"))
+    assert "OK" in res.stdout
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_two_ranks_track_one_rank(warm, tmp_path, dtype, tol):
+    """SGD on Linear -> (Sync)BatchNorm1d -> ReLU -> Linear: 2 ranks x batch 64 vs 1 rank x 128."""
+    one, two = tmp_path / "one" / "ckpt.npz", tmp_path / "two" / "ckpt.npz"
+    check_ok(mpirun(1, "train.py", "--global-batch", 128, "--steps", 4, "--dtype", dtype, "--out", one))
+    check_ok(mpirun(2, "train.py", "--global-batch", 128, "--steps", 4, "--dtype", dtype, "--out", two))
+    a, b = np.load(one), np.load(two)
+    assert sorted(a.files) == sorted(b.files)
+    assert a["losses"][-1] < a["losses"][0]  # it does train
+    worst = {k: float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a.files}
+    print(f"\n{dtype} max |1 rank - 2 ranks|: " + " ".join(f"{k}={v:.1e}" for k, v in worst.items()))
+    for k, v in worst.items():
+        assert v <= tol * (1 + float(np.max(np.abs(a[k])))), (k, v)
+    # rank 0 saved, atomically: the checkpoint and nothing else in the directory
+    assert sorted(p.name for p in two.parent.iterdir()) == ["ckpt.npz"]
+
+
+# ---------------------------------------------------------------- faults
+
+def test_raising_rank_aborts_all(warm, tmp_path):
+    res = mpirun(2, "fault.py", "raise", tmp_path)
+    assert res.returncode != 0
+    assert "rank 1 of 2 failed" in res.stderr and "simulated failure on rank 1" in res.stderr, res.stderr
+    assert "rank 0 finished" not in res.stdout
+
+
+def test_dying_rank_stops_all(warm, tmp_path):
+    res = mpirun(2, "fault.py", "die", tmp_path)
+    assert res.returncode != 0
+    assert "finished" not in res.stdout
+
+
+def test_failed_save_leaves_no_partial_checkpoint(warm, tmp_path):
+    res = mpirun(2, "fault.py", "save", tmp_path)
+    assert res.returncode != 0
+    assert "rank 0 of 2 failed" in res.stderr and "disk full" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []  # neither checkpoint.npz nor its temp file
