@@ -1,0 +1,436 @@
+"""numbanorm-demo: train a small CNN on MNIST digits with each normalization and compare them.
+
+    numbanorm-demo                                  # embedded digits, BatchNorm vs no norm
+    numbanorm-demo --norm batch,layer,group,instance,none --epochs 3 --plot curves.png
+    numbanorm-demo --dataset mnist --data-dir ~/mnist --download --json runs.json
+    python -m numbanorm.demo --help
+
+The model (the same for every norm, same initial weights and batch order for a given --seed):
+
+    Conv2d(1, 32, 3, padding=1) - norm(32) - ReLU - MaxPool2d(2)
+    Conv2d(32, 64, 3, padding=1) - norm(64) - ReLU - MaxPool2d(2)
+    Flatten - Linear(3136, 128) - ReLU - Linear(128, 10)        + CrossEntropyLoss
+
+norm(C) is BatchNorm2d(C) ('batch'), GroupNorm(1, C) ('layer': layer norm over (C, H, W) with a
+per-channel affine, the usual CNN form; it equals LayerNorm([C, H, W]) up to the affine's shape),
+GroupNorm(8, C) ('group'), InstanceNorm2d(C, affine=True) ('instance'), or nothing ('none'). The
+convolutions have a bias only with 'none' (a norm's shift makes a conv bias redundant).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+NORMS = ("batch", "layer", "group", "instance", "none")
+GROUPS = 8  # GroupNorm groups for --norm group
+DEFAULT_EPOCHS = 2
+
+NORM_HELP = {
+    "batch": "BatchNorm2d(C)",
+    "layer": "GroupNorm(1, C): layer norm over (C, H, W), per-channel affine",
+    "group": f"GroupNorm({GROUPS}, C)",
+    "instance": "InstanceNorm2d(C, affine=True)",
+    "none": "no normalization (convs get a bias)",
+}
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite; .run holds the record up to that point."""
+
+    def __init__(self, message, run):
+        super().__init__(message)
+        self.run = run
+
+
+# ---------------------------------------------------------------- model
+
+def make_norm(kind, channels):
+    from . import nn
+
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    if kind == "group":
+        return nn.GroupNorm(GROUPS, channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"unknown norm {kind!r}; choose from {', '.join(NORMS)}")
+
+
+def build_model(norm="batch", seed=0):
+    """The demo CNN (see the module docstring) on the CPU, float32.
+
+    Each weighted layer draws from its own generator spawned from `seed`, so the convolution
+    and linear weights are the same whichever norm is chosen.
+    """
+    from . import nn
+
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    bias = norm == "none"
+    layers = [nn.Conv2d(1, 32, 3, padding=1, bias=bias, rng=rngs[0])]
+    layers += [] if norm == "none" else [make_norm(norm, 32)]
+    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1, bias=bias, rng=rngs[1])]
+    layers += [] if norm == "none" else [make_norm(norm, 64)]
+    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+               nn.Linear(64 * 7 * 7, 128, rng=rngs[2]), nn.ReLU(), nn.Linear(128, 10, rng=rngs[3])]
+    return nn.Sequential(*layers)
+
+
+def make_optimizer(name, params, lr, momentum):
+    from . import optim
+
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+# ---------------------------------------------------------------- helpers
+
+def resolve_device(device):
+    """'auto' -> 'cuda' when a real GPU is usable (never the simulator), else 'cpu'."""
+    from .cuda_support import cuda_available
+
+    if device == "auto":
+        simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+        return "cuda" if not simulator and cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise SystemExit("numbanorm-demo: --device cuda, but numba.cuda finds no usable GPU "
+                         "(pip install 'numbanorm[cuda]' on a machine with an NVIDIA driver, "
+                         "or use --device cpu)")
+    return device
+
+
+def _to_device(a, device):
+    if device == "cpu":
+        return a
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else a.copy_to_host()
+
+
+def _progress(total, desc, enabled):
+    """A tqdm bar, or None without tqdm / when disabled."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def default_data_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "numbanorm", "mnist")
+
+
+def load_data(args):
+    from . import datasets
+
+    if args.dataset == "digits":
+        return datasets.load_digits()
+    data_dir = args.data_dir or default_data_dir()
+    if args.download:
+        datasets.download_mnist(data_dir, progress=not args.no_progress)
+    return datasets.load_mnist(data_dir)
+
+
+def evaluate(model, x, y, device, batch_size=500):
+    """(accuracy, all logits finite) of model in eval mode on (x, y)."""
+    model.eval()
+    correct, finite = 0, True
+    try:
+        for start in range(0, len(x), batch_size):
+            logits = _host(model.forward(_to_device(np.ascontiguousarray(x[start:start + batch_size]), device)))
+            finite = finite and bool(np.isfinite(logits).all())
+            correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
+    finally:
+        model.train()
+    return correct / max(len(x), 1), finite
+
+
+# ---------------------------------------------------------------- training
+
+def train_one(norm, data, args, device, log):
+    """Train one model; returns (run record, model). A NaN/inf loss stops training at once and
+    raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it."""
+    from . import nn
+
+    train_x, train_y, test_x, test_y = data
+    model = build_model(norm, seed=args.seed).to(device)
+    n_params = sum(int(np.prod(p.data.shape)) for p in model.parameters())
+    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    crit = nn.CrossEntropyLoss()
+    shuffle = np.random.default_rng(np.random.SeedSequence([args.seed, 1]))  # same order for every norm
+    N, bs = len(train_x), args.batch_size
+    steps = math.ceil(N / bs)
+    run = {"norm": norm, "description": NORM_HELP[norm], "parameters": n_params, "epochs": [],
+           "step_losses": [], "diverged": None}
+    log(f"[{norm}] {NORM_HELP[norm]}; {n_params:,} parameters")
+    for epoch in range(1, args.epochs + 1):
+        order = shuffle.permutation(N)
+        bar = _progress(steps, f"[{norm}] epoch {epoch}/{args.epochs}", not args.no_progress)
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        try:
+            for step in range(steps):
+                idx = order[step * bs:(step + 1) * bs]
+                xb, yb = _to_device(np.ascontiguousarray(train_x[idx]), device), train_y[idx]
+                logits = model.forward(xb)
+                loss = crit.forward(logits, yb)
+                if not math.isfinite(loss):
+                    run["diverged"] = {"epoch": epoch, "step": step + 1, "loss": str(loss)}
+                    raise Diverged(
+                        f"[{norm}] diverged: the training loss is {loss} at epoch {epoch}, step "
+                        f"{step + 1}/{steps} (--lr {args.lr}, --optimizer {args.optimizer}); this run "
+                        f"is stopped instead of training on garbage. Try a smaller --lr.", run)
+                model.zero_grad()
+                model.backward(crit.backward())
+                opt.step()
+                loss_sum += loss * len(idx)
+                correct += int((_host(logits).argmax(axis=1) == yb).sum())
+                seen += len(idx)
+                run["step_losses"].append(loss)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}")
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        test_acc, finite = evaluate(model, test_x, test_y, device)
+        if not finite:
+            run["diverged"] = {"epoch": epoch, "step": steps, "loss": "non-finite test logits"}
+            raise Diverged(
+                f"[{norm}] diverged: the model gives NaN/inf outputs on the test set after epoch "
+                f"{epoch} (--lr {args.lr}, --optimizer {args.optimizer}); this run is stopped instead "
+                f"of training on garbage. Try a smaller --lr.", run)
+        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                  "test_acc": test_acc, "seconds": seconds, "images_per_second": seen / seconds,
+                  "eval_seconds": time.perf_counter() - t1}
+        run["epochs"].append(record)
+        log(f"[{norm}] epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
+            f"train_acc {100 * record['train_acc']:.2f}%  test_acc {100 * test_acc:.2f}%  "
+            f"{seconds:.1f} s  {record['images_per_second']:.0f} img/s"
+            + ("  (includes Numba compile time)" if epoch == 1 and norm == args.norms[0] else ""))
+    return run, model
+
+
+def comparison_table(runs):
+    head = f"{'norm':<10}{'params':>10}{'train_loss':>12}{'test_acc':>10}{'best_acc':>10}{'time (s)':>10}{'img/s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        eps = r["epochs"]
+        if not eps:
+            lines.append(f"{r['norm']:<10}{r['parameters']:>10,}   diverged in epoch {r['diverged']['epoch']}")
+            continue
+        last = eps[-1]
+        total = sum(e["seconds"] for e in eps)
+        ips = sum(e["images_per_second"] * e["seconds"] for e in eps) / total
+        row = (f"{r['norm']:<10}{r['parameters']:>10,}{last['train_loss']:>12.4g}"
+               f"{100 * last['test_acc']:>9.2f}%{100 * max(e['test_acc'] for e in eps):>9.2f}%"
+               f"{total:>10.1f}{ips:>9.0f}")
+        if r["diverged"]:
+            row += f"  diverged in epoch {r['diverged']['epoch']}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- outputs (written atomically)
+
+def write_json(path, runs, args, device):
+    from ._fileio import atomic_open
+
+    doc = {"dataset": args.dataset, "device": device, "optimizer": args.optimizer, "lr": args.lr,
+           "momentum": args.momentum, "batch_size": args.batch_size, "seed": args.seed,
+           "runs": [{k: v for k, v in r.items() if k != "step_losses"} for r in runs]}
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def save_path(path, norm, several):
+    """--save PATH for one norm; PATH with '-<norm>' before the extension for several."""
+    if not several:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}-{norm}{ext or '.npz'}"
+
+
+def write_state_dict(path, model):
+    from ._fileio import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **model.state_dict())
+
+
+def write_plot(path, runs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from ._fileio import atomic_open
+
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for r in runs:
+        losses = np.asarray(r["step_losses"], dtype=np.float64)
+        steps_per_epoch = max(len(losses) / max(len(r["epochs"]), 1), 1) if r["epochs"] else max(len(losses), 1)
+        if len(losses):
+            k = max(1, min(10, len(losses) // 20))  # light smoothing of the per-step loss
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax_loss.plot((np.arange(len(smooth)) + k) / steps_per_epoch, smooth, label=r["norm"])
+        if r["epochs"]:
+            ax_acc.plot([e["epoch"] for e in r["epochs"]], [100 * e["test_acc"] for e in r["epochs"]],
+                        marker="o", label=r["norm"])
+    ax_loss.set(xlabel="epoch", ylabel="training loss (per step, smoothed)", title="Training loss")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+
+
+# ---------------------------------------------------------------- command line
+
+def _norm_list(values):
+    out = []
+    for v in values:
+        for item in v.split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            if item not in NORMS:
+                raise argparse.ArgumentTypeError(f"unknown norm {item!r}; choose from {', '.join(NORMS)}")
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def _positive(kind):
+    def parse(s):
+        v = kind(s)
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        return v
+    return parse
+
+
+def parse_args(argv=None):
+    norms = "; ".join(f"{k} = {v}" for k, v in NORM_HELP.items())
+    p = argparse.ArgumentParser(
+        prog="numbanorm-demo",
+        description="Train a small CNN on MNIST digits with numbanorm's layers and compare "
+                    "normalizations (see `python -m numbanorm.demo` docstring for the model).")
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                   help="digits: the 10,000 + 2,000 image MNIST subset shipped in the package (no "
+                        "download); mnist: the full 60,000 + 10,000 from --data-dir (default: digits)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"directory with the four MNIST IDX files, .gz or raw (default: {default_data_dir()})")
+    p.add_argument("--download", action="store_true",
+                   help="with --dataset mnist: download the files into --data-dir if missing")
+    p.add_argument("--norm", action="append", metavar="NORM",
+                   help=f"normalization to train with, repeatable or comma-separated, from {{{','.join(NORMS)}}} "
+                        f"(default: batch,none). {norms}")
+    p.add_argument("--epochs", type=_positive(int), default=DEFAULT_EPOCHS,
+                   help=f"epochs per run (default: {DEFAULT_EPOCHS})")
+    p.add_argument("--batch-size", type=_positive(int), default=128, help="(default: 128)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="(default: sgd)")
+    p.add_argument("--lr", type=_positive(float), default=None,
+                   help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for initial weights and batch order, the same for every norm (default: 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the GPU when numba.cuda finds one, else the CPU (default: auto)")
+    p.add_argument("--limit-train", type=_positive(int), metavar="N", help="use the first N training images")
+    p.add_argument("--limit-test", type=_positive(int), metavar="N", help="use the first N test images")
+    p.add_argument("--plot", metavar="PATH.png", help="write loss and accuracy curves of every run (needs matplotlib)")
+    p.add_argument("--save", metavar="PATH.npz",
+                   help="write the trained model's state_dict (.npz; with several norms, PATH-<norm>.npz)")
+    p.add_argument("--json", metavar="PATH", help="write per-epoch figures of every run as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    try:
+        args.norms = _norm_list(args.norm or ["batch,none"])
+    except argparse.ArgumentTypeError as e:
+        p.error(f"--norm: {e}")
+    if not args.norms:
+        p.error("--norm: no normalization given")
+    if args.lr is None:
+        args.lr = 0.05 if args.optimizer == "sgd" else 0.001
+    if args.download and args.dataset != "mnist":
+        p.error("--download only applies to --dataset mnist")
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--plot needs matplotlib: pip install 'numbanorm[demo]'")
+    return args
+
+
+def main(argv=None):
+    """Run the demo; returns the exit status (0, or 1 when a run diverged)."""
+    args = parse_args(argv)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    device = resolve_device(args.device)
+    data = list(load_data(args))
+    if args.limit_train:
+        data[0], data[1] = data[0][:args.limit_train], data[1][:args.limit_train]
+    if args.limit_test:
+        data[2], data[3] = data[2][:args.limit_test], data[3][:args.limit_test]
+    log(f"numbanorm-demo: {args.dataset}, {len(data[0]):,} train / {len(data[2]):,} test images, "
+        f"device {device}, {args.optimizer} lr={args.lr}"
+        + (f" momentum={args.momentum}" if args.optimizer == "sgd" else "")
+        + f", batch {args.batch_size}, {args.epochs} epoch(s), norms: {', '.join(args.norms)}")
+    runs, status = [], 0
+    t_start = time.perf_counter()
+    for norm in args.norms:
+        try:
+            # overflow warnings from NumPy would only repeat what the divergence check reports
+            with np.errstate(over="ignore", invalid="ignore"):
+                run, model = train_one(norm, data, args, device, log)
+        except Diverged as e:
+            print(f"numbanorm-demo: {e}", file=sys.stderr, flush=True)
+            runs.append(e.run)
+            status = 1
+            continue
+        runs.append(run)
+        if args.save:
+            path = save_path(args.save, norm, len(args.norms) > 1)
+            write_state_dict(path, model)
+            log(f"[{norm}] saved the state_dict to {path}")
+    log("")
+    log(comparison_table(runs))
+    log(f"total wall time {time.perf_counter() - t_start:.1f} s")
+    if args.json:
+        write_json(args.json, runs, args, device)
+        log(f"wrote {args.json}")
+    if args.plot:
+        write_plot(args.plot, runs)
+        log(f"wrote {args.plot}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
