@@ -6,7 +6,6 @@ so a hang fails the test instead of blocking CI. Workers run with one Numba thre
 (2 cores here) and share Numba's on-disk cache, which a single-rank warm-up run fills first so
 that ranks do not compile concurrently.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -35,7 +34,12 @@ def _find_mpiexec():
 
 
 MPIEXEC = _find_mpiexec()
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+try:
+    import mpi4py  # noqa: F401  (the package only; MPI itself starts in the workers)
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
 pytestmark = pytest.mark.skipif(
     not (HAVE_MPI4PY and MPIEXEC),
     reason="MPI tests need mpi4py and mpiexec: pip install mpi4py mpich (numbanorm[mpi])"
@@ -87,13 +91,26 @@ def warm(tmp_path_factory):
 TOL = {"float64": 1e-12, "float32": 2e-6}  # times (1 + max |reference|)
 
 
-@pytest.mark.parametrize("sizes", ["6,6", "3,8", "1,4,7", "5,0,3", "0,9"],
-                         ids=["2ranks-equal", "2ranks-uneven", "3ranks-1-4-7", "3ranks-empty", "2ranks-empty-first"])
-def test_sync_batch_norm_equals_single_process(warm, tmp_path, sizes):
+def _cuda_usable():
+    from numbanorm.cuda_support import cuda_available
+
+    return cuda_available()
+
+
+@pytest.mark.parametrize("device,sizes", [
+    ("cpu", "6,6"), ("cpu", "3,8"), ("cpu", "1,4,7"), ("cpu", "5,0,3"), ("cpu", "0,9"),
+    pytest.param("cuda", "1,0,6", id="cuda-3ranks-empty"),
+], ids=["2ranks-equal", "2ranks-uneven", "3ranks-1-4-7", "3ranks-empty", "2ranks-empty-first", None])
+def test_sync_batch_norm_equals_single_process(warm, tmp_path, device, sizes):
     """Two training steps (forward, backward with random dy, running stats) and one eval step of
-    nn.SyncBatchNorm on P ranks vs nn.BatchNorm on the concatenated batch in one process."""
+    nn.SyncBatchNorm on P ranks vs nn.BatchNorm on the concatenated batch in one process (on
+    the CPU). device="cuda": the ranks hold device arrays (a GPU, or the CUDA simulator that
+    conftest selects when there is none; statistics are staged through the host for MPI)."""
+    if device == "cuda" and not _cuda_usable():
+        pytest.skip("CUDA (or its simulator) is not usable here")
     out = tmp_path / "result.json"
-    check_ok(mpirun(len(sizes.split(",")), "sync_bn.py", "--sizes", sizes, "--out", out))
+    check_ok(mpirun(len(sizes.split(",")), "sync_bn.py", "--sizes", sizes, "--device", device,
+                    "--out", out, timeout=TIMEOUT if device == "cpu" else 3 * TIMEOUT))
     results = json.loads(out.read_text())
     assert len(results) == 3
     for case, r in results.items():
@@ -103,7 +120,7 @@ def test_sync_batch_norm_equals_single_process(warm, tmp_path, sizes):
         assert r["y_eval"] <= tol * (1 + r["scale"]["y"]), (case, r["y_eval"])
         assert r["ranks_identical"], case
         assert r["num_batches_tracked"] == [2] * len(r["num_batches_tracked"]), case
-    print(f"\n{sizes}: " + "; ".join(
+    print(f"\n{device} {sizes}: " + "; ".join(
         f"{c}: " + " ".join(f"{k}={r[k]:.1e}" for k in ("y", "dx", "dweight", "dbias", "running_mean", "running_var"))
         for c, r in results.items()))
 

@@ -52,9 +52,9 @@ def run_case(comm, sizes, dtype, sample_shape, device, seed):
     sync = nn.SyncBatchNorm(C, momentum=0.3, comm=comm, dtype=dtype, device=device)
     ref_cls = nn.BatchNorm1d if len(sample_shape) <= 2 else nn.BatchNorm2d
     ref = ref_cls(C, momentum=0.3, dtype=dtype) if rank == 0 else None
-    for m in (sync, ref):
-        if m is not None:
-            m.load_state_dict({**m.state_dict(), "weight": weight, "bias": bias})
+    sync.weight.data, sync.bias.data = put(weight), put(bias)
+    if ref is not None:
+        ref.weight.data, ref.bias.data = weight.copy(), bias.copy()
 
     diffs = {"y": 0.0, "dx": 0.0, "dweight": 0.0, "dbias": 0.0, "running_mean": 0.0,
              "running_var": 0.0, "y_eval": 0.0}
@@ -67,7 +67,7 @@ def run_case(comm, sizes, dtype, sample_shape, device, seed):
         dws = comm.gather(host(sync.weight.grad), 0)
         dbs = comm.gather(host(sync.bias.grad), 0)
         rms = comm.gather((host(sync.running_mean).copy(), host(sync.running_var).copy(),
-                           int(sync.num_batches_tracked)), 0)
+                           int(host(sync.num_batches_tracked))), 0)
         if rank == 0:
             ref.zero_grad()
             y0 = ref(x)
@@ -107,6 +107,13 @@ def main():
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     with D.abort_on_error(comm):
+        if args.device == "cuda":
+            import os
+
+            import numbanorm.cuda
+
+            if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+                numbanorm.cuda.config.THREADS = 32  # the simulator runs a thread per CUDA thread
         sizes = [int(s) for s in args.sizes.split(",")]
         if len(sizes) != comm.Get_size():
             raise SystemExit(f"--sizes has {len(sizes)} entries for {comm.Get_size()} ranks")
