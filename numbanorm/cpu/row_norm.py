@@ -13,7 +13,7 @@ row back to back, so the second pass reads the row from cache, not memory.
 import numpy as np
 from numba import njit, prange
 
-from .channel_norm import FASTMATH, TASK_SIZE
+from ._parallel import FASTMATH, TASK_SIZE, serial_when_small
 
 
 def _rows_per_task(R, M):
@@ -57,6 +57,7 @@ def _forward(x, weight, bias, G, Cg, S, eps, rows_per_task, y, mean, rstd):
                         yv[j] = (np.float64(xv[j]) - m) * a + b
 
 
+@serial_when_small
 def forward(x, weight, bias, G, Cg, S, eps):
     """Row-norm forward. weight/bias: (G*Cg,) arrays of x's dtype (ones/zeros when absent).
 
@@ -142,6 +143,7 @@ def _sum_rows(p):
     return out
 
 
+@serial_when_small
 def backward(x, dy, mean, rstd, weight, G, Cg, S):
     """Row-norm backward -> (dx, dweight, dbias); dweight/dbias float64 of shape (G*Cg,)."""
     R, M = x.shape
