@@ -95,15 +95,21 @@ def make_optimizer(name, params, lr, momentum):
 
 def resolve_device(device):
     """'auto' -> 'cuda' when a real GPU is usable (never the simulator), else 'cpu'."""
+    import importlib.util
+
     from .cuda_support import cuda_available
 
+    has_kernels = importlib.util.find_spec("numbanorm.cuda.layers") is not None
     if device == "auto":
         simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-        return "cuda" if not simulator and cuda_available() else "cpu"
+        return "cuda" if has_kernels and not simulator and cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
         raise SystemExit("numbanorm-demo: --device cuda, but numba.cuda finds no usable GPU "
                          "(pip install 'numbanorm[cuda]' on a machine with an NVIDIA driver, "
                          "or use --device cpu)")
+    if device == "cuda" and not has_kernels:
+        raise SystemExit("numbanorm-demo: --device cuda, but this numbanorm has no GPU kernels for "
+                         "the CNN layers (numbanorm.cuda.layers); use --device cpu")
     return device
 
 
@@ -336,9 +342,10 @@ def _positive(kind):
 def parse_args(argv=None):
     norms = "; ".join(f"{k} = {v}" for k, v in NORM_HELP.items())
     p = argparse.ArgumentParser(
-        prog="numbanorm-demo",
+        prog="numbanorm-demo", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a small CNN on MNIST digits with numbanorm's layers and compare "
-                    "normalizations (see `python -m numbanorm.demo` docstring for the model).")
+                    "normalizations.\n\n" + __doc__[__doc__.index("The model"):].strip(),
+        epilog="Exit status: 0, 1 when a run diverged (NaN/inf loss), 2 for bad arguments.")
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                    help="digits: the 10,000 + 2,000 image MNIST subset shipped in the package (no "
                         "download); mnist: the full 60,000 + 10,000 from --data-dir (default: digits)")
