@@ -2,8 +2,9 @@
 
     mpiexec -n P python train.py --global-batch 128 --steps 5 --out final.npz
 
-Model: Linear(8, 16) -> BatchNorm1d(16) [SyncBatchNorm when P > 1] -> ReLU -> Linear(16, 4),
-mean squared error over the rank's batch. Every rank draws the same global batch each step
+Model: nn.Sequential(Linear(8, 16), BatchNorm1d(16) [SyncBatchNorm when P > 1], ReLU,
+Linear(16, 4)), mean squared error over the rank's batch, optim.SGD with momentum.
+Every rank draws the same global batch each step
 (same seed) and keeps its block (distributed.shard); gradients are averaged with
 allreduce_gradients; parameters start from rank 0's (broadcast_parameters: each rank first
 initializes with its own seed, so a missing broadcast shows). Rank 0 saves the per-step global
@@ -15,55 +16,16 @@ import numpy as np
 from mpi4py import MPI
 
 from numbanorm import distributed as D
-from numbanorm import nn
+from numbanorm import nn, optim
 
 
-class Linear(nn.Module):
-    """y = x @ W.T + b in NumPy (the library's own Linear may not exist yet)."""
-
-    def __init__(self, fan_in, fan_out, rng, dtype):
-        super().__init__()
-        bound = 1.0 / np.sqrt(fan_in)
-        self.weight = nn.Parameter(rng.uniform(-bound, bound, (fan_out, fan_in)).astype(dtype))
-        self.bias = nn.Parameter(rng.uniform(-bound, bound, fan_out).astype(dtype))
-
-    def forward(self, x):
-        self._x = x
-        return x @ self.weight.data.T + self.bias.data
-
-    def backward(self, dy):
-        self._accumulate_grad(self.weight, dy.T @ self._x)
-        self._accumulate_grad(self.bias, dy.sum(axis=0))
-        return dy @ self.weight.data
-
-
-class ReLU(nn.Module):
-    def forward(self, x):
-        self._mask = x > 0
-        return x * self._mask
-
-    def backward(self, dy):
-        return dy * self._mask
-
-
-class Net(nn.Module):
-    def __init__(self, rng, dtype, sync, comm):
-        super().__init__()
-        self.fc1 = Linear(8, 16, rng, dtype)
-        self.bn = (nn.SyncBatchNorm(16, comm=comm, dtype=dtype) if sync else nn.BatchNorm1d(16, dtype=dtype))
-        self.act = ReLU()
-        self.fc2 = Linear(16, 4, rng, dtype)
-        self.layers = [self.fc1, self.bn, self.act, self.fc2]
-
-    def forward(self, x):
-        for m in self.layers:
-            x = m(x)
-        return x
-
-    def backward(self, dy):
-        for m in reversed(self.layers):
-            dy = m.backward(dy)
-        return dy
+def build(rank, dtype, sync, comm):
+    """Linear -> BatchNorm1d or SyncBatchNorm -> ReLU -> Linear with numbanorm.nn layers; the
+    weights come from a seed that differs per rank (broadcast_parameters must fix that)."""
+    rngs = [np.random.default_rng([1000 + rank, i]) for i in range(2)]
+    bn = nn.SyncBatchNorm(16, comm=comm, dtype=dtype) if sync else nn.BatchNorm1d(16, dtype=dtype)
+    return nn.Sequential(nn.Linear(8, 16, dtype=dtype, rng=rngs[0]), bn, nn.ReLU(),
+                         nn.Linear(16, 4, dtype=dtype, rng=rngs[1]))
 
 
 def main():
@@ -78,8 +40,9 @@ def main():
     with D.abort_on_error(comm):
         rank, size = comm.Get_rank(), comm.Get_size()
         dtype = np.dtype(args.dtype)
-        model = Net(np.random.default_rng(1000 + rank), dtype, size > 1, comm)
+        model = build(rank, dtype, size > 1, comm)
         D.broadcast_parameters(model, comm)
+        opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
         data = np.random.default_rng(7)
         true_w = data.standard_normal((4, 8))
         losses = []
@@ -96,8 +59,7 @@ def main():
             model.backward(dloss.astype(dtype))
             calls = D.allreduce_gradients(model.parameters(), comm)
             assert calls == 1, calls  # one bucket: one Allreduce for all six gradients
-            for prm in model.parameters():
-                prm.data -= args.lr * prm.grad
+            opt.step()
             losses.append(comm.allreduce(float(np.sum(diff.astype(np.float64) ** 2))) / (args.global_batch * 4))
         state = dict(model.state_dict())
         state["losses"] = np.array(losses)
