@@ -49,6 +49,25 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 
 # ---------------------------------------------------------------- BatchNorm
 
+def _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, min_ndim):
+    """Dispatch and check the arguments of a per-channel op (BatchNorm, InstanceNorm, SyncBN).
+
+    Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
+    with the arrays as the backend computes on them and S = prod(spatial).
+    """
+    be, a = _backend.select(x=x, weight=weight, bias=bias,
+                            running_mean=running_mean, running_var=running_var)
+    x = a["x"]
+    dtype = check.float_array("x", x)
+    check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
+    N, C = int(x.shape[0]), int(x.shape[1])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        check.param(name, a[name], (C,), dtype)
+    check.running_pair(a["running_mean"], a["running_var"])
+    return (be, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], dtype,
+            N, C, _prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
+
+
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
                training=True, momentum=0.1, eps=1e-5):
     """BatchNorm over x of shape (N, C) or (N, C, *spatial); statistics per channel.
@@ -57,20 +76,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
     training=True normalizes with batch statistics (updating running stats in place when
     given); training=False normalizes with running_mean / running_var.
     """
-    be, a = _backend.select(x=x, weight=weight, bias=bias,
-                            running_mean=running_mean, running_var=running_var)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
-    running_mean, running_var = a["running_mean"], a["running_var"]
-    dtype = check.float_array("x", x)
-    check.min_ndim("x", x, 2, "(N, C) or (N, C, *spatial)")
-    N, C = int(x.shape[0]), int(x.shape[1])
-    S = _prod(x.shape[2:])
-    for name, p in (("weight", weight), ("bias", bias),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        check.param(name, p, (C,), dtype)
-    check.running_pair(running_mean, running_var)
-    eps = check.eps(eps)
-    momentum = check.momentum(momentum)
+    (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
+     momentum) = _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     if not training and running_mean is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
     if training and N * S == 1:
@@ -168,20 +175,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     the per-instance statistics averaged over the batch; use_input_stats=False normalizes with
     running_mean / running_var instead.
     """
-    be, a = _backend.select(x=x, weight=weight, bias=bias,
-                            running_mean=running_mean, running_var=running_var)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
-    running_mean, running_var = a["running_mean"], a["running_var"]
-    dtype = check.float_array("x", x)
-    check.min_ndim("x", x, 3, "(N, C, *spatial)")
-    N, C = int(x.shape[0]), int(x.shape[1])
-    S = _prod(x.shape[2:])
-    for name, p in (("weight", weight), ("bias", bias),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        check.param(name, p, (C,), dtype)
-    check.running_pair(running_mean, running_var)
-    eps = check.eps(eps)
-    momentum = check.momentum(momentum)
+    (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
+     momentum) = _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
