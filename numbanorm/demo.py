@@ -4,6 +4,7 @@
     numbanorm-demo --norm batch,layer,group,instance,none --epochs 3 --plot curves.png
     numbanorm-demo --dataset mnist --data-dir ~/mnist --download --json runs.json
     python -m numbanorm.demo --help
+    mpiexec -n 2 numbanorm-demo --distributed       # data-parallel over MPI (numbanorm[mpi])
 
 The model (the same for every norm, same initial weights and batch order for a given --seed):
 
@@ -168,13 +169,23 @@ def evaluate(model, x, y, device, batch_size=500):
 
 # ---------------------------------------------------------------- training
 
-def train_one(norm, data, args, device, log):
+def train_one(norm, data, args, device, log, comm=None):
     """Train one model; returns (run record, model). A NaN/inf loss stops training at once and
-    raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it."""
+    raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it.
+
+    comm (--distributed): every rank draws the same batch and keeps its block of it, BatchNorm
+    is SyncBatchNorm, the loss gradient is weighted by the rank's share of the batch and the
+    gradients are summed across ranks -- the same steps as one process with the whole batch."""
     from . import nn
 
     train_x, train_y, test_x, test_y = data
-    model = build_model(norm, seed=args.seed).to(device)
+    model = build_model(norm, seed=args.seed)
+    if comm is not None:
+        from . import distributed as D
+
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, comm)
+        D.broadcast_parameters(model, comm)
+    model = model.to(device)
     n_params = sum(int(np.prod(p.data.shape)) for p in model.parameters())
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
     crit = nn.CrossEntropyLoss()
@@ -186,15 +197,24 @@ def train_one(norm, data, args, device, log):
     log(f"[{norm}] {NORM_HELP[norm]}; {n_params:,} parameters")
     for epoch in range(1, args.epochs + 1):
         order = shuffle.permutation(N)
-        bar = _progress(steps, f"[{norm}] epoch {epoch}/{args.epochs}", not args.no_progress)
+        bar = _progress(steps, f"[{norm}] epoch {epoch}/{args.epochs}", not args.no_progress and args.root)
         loss_sum, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         try:
             for step in range(steps):
                 idx = order[step * bs:(step + 1) * bs]
+                n_batch = len(idx)
+                if comm is not None:
+                    if n_batch < comm.Get_size():  # a rank would get no image: skip (all ranks)
+                        continue
+                    idx = D.shard(idx, comm)
                 xb, yb = _to_device(np.ascontiguousarray(train_x[idx]), device), train_y[idx]
                 logits = model.forward(xb)
                 loss = crit.forward(logits, yb)
+                n_correct = int((_host(logits).argmax(axis=1) == yb).sum())
+                if comm is not None:  # the whole batch's mean loss and correct count
+                    total = comm.allreduce(np.array([loss * len(idx), n_correct]))
+                    loss, n_correct = float(total[0]) / n_batch, int(total[1])
                 if not math.isfinite(loss):
                     run["diverged"] = {"epoch": epoch, "step": step + 1, "loss": str(loss)}
                     raise Diverged(
@@ -202,11 +222,13 @@ def train_one(norm, data, args, device, log):
                         f"{step + 1}/{steps} (--lr {args.lr}, --optimizer {args.optimizer}); this run "
                         f"is stopped instead of training on garbage. Try a smaller --lr.", run)
                 model.zero_grad()
-                model.backward(crit.backward())
+                model.backward(crit.backward(len(idx) / n_batch))
+                if comm is not None:
+                    D.allreduce_gradients(model.parameters(), comm, average=False)
                 opt.step()
-                loss_sum += loss * len(idx)
-                correct += int((_host(logits).argmax(axis=1) == yb).sum())
-                seen += len(idx)
+                loss_sum += loss * n_batch
+                correct += n_correct
+                seen += n_batch
                 run["step_losses"].append(loss)
                 if bar is not None:
                     bar.update(1)
@@ -374,7 +396,18 @@ def parse_args(argv=None):
                    help="write the trained model's state_dict (.npz; with several norms, PATH-<norm>.npz)")
     p.add_argument("--json", metavar="PATH", help="write per-epoch figures of every run as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI (mpiexec -n P numbanorm-demo --distributed ...): each "
+                        "rank takes its block of every batch (--batch-size is the total over ranks), "
+                        "BatchNorm becomes SyncBatchNorm, gradients are summed with one allreduce per "
+                        "bucket; rank 0 prints and writes files. Needs numbanorm[mpi]")
     args = p.parse_args(argv)
+    args.root = True  # this process prints and writes files (with --distributed: rank 0 only)
+    if args.distributed:
+        import importlib.util
+
+        if importlib.util.find_spec("mpi4py") is None:
+            p.error("--distributed needs mpi4py and MPI: pip install 'numbanorm[mpi]'")
     try:
         args.norms = _norm_list(args.norm or ["batch,none"])
     except argparse.ArgumentTypeError as e:
@@ -396,9 +429,20 @@ def parse_args(argv=None):
 def main(argv=None):
     """Run the demo; returns the exit status (0, or 1 when a run diverged)."""
     args = parse_args(argv)
+    if not args.distributed:
+        return _run(args, None)
+    from . import distributed as D
 
+    comm = D._comm(None)
+    args.root = comm.Get_rank() == 0
+    with D.abort_on_error(comm):  # an error on one rank stops every rank (no hang)
+        return _run(args, comm)
+
+
+def _run(args, comm):
     def log(msg):
-        print(msg, flush=True)
+        if args.root:
+            print(msg, flush=True)
 
     device = resolve_device(args.device)
     data = list(load_data(args))
@@ -409,31 +453,33 @@ def main(argv=None):
     log(f"numbanorm-demo: {args.dataset}, {len(data[0]):,} train / {len(data[2]):,} test images, "
         f"device {device}, {args.optimizer} lr={args.lr}"
         + (f" momentum={args.momentum}" if args.optimizer == "sgd" else "")
-        + f", batch {args.batch_size}, {args.epochs} epoch(s), norms: {', '.join(args.norms)}")
+        + f", batch {args.batch_size}, {args.epochs} epoch(s), norms: {', '.join(args.norms)}"
+        + (f", {comm.Get_size()} MPI ranks" if comm is not None else ""))
     runs, status = [], 0
     t_start = time.perf_counter()
     for norm in args.norms:
         try:
             # overflow warnings from NumPy would only repeat what the divergence check reports
             with np.errstate(over="ignore", invalid="ignore"):
-                run, model = train_one(norm, data, args, device, log)
+                run, model = train_one(norm, data, args, device, log, comm)
         except Diverged as e:
-            print(f"numbanorm-demo: {e}", file=sys.stderr, flush=True)
+            if args.root:
+                print(f"numbanorm-demo: {e}", file=sys.stderr, flush=True)
             runs.append(e.run)
             status = 1
             continue
         runs.append(run)
-        if args.save:
+        if args.save and args.root:
             path = save_path(args.save, norm, len(args.norms) > 1)
             write_state_dict(path, model)
             log(f"[{norm}] saved the state_dict to {path}")
     log("")
     log(comparison_table(runs))
     log(f"total wall time {time.perf_counter() - t_start:.1f} s")
-    if args.json:
+    if args.json and args.root:
         write_json(args.json, runs, args, device)
         log(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and args.root:
         write_plot(args.plot, runs)
         log(f"wrote {args.plot}")
     return status
