@@ -1,0 +1,288 @@
+"""pytest-benchmark JSON -> benchmarks/RESULTS.md (tables) and benchmarks/RESULTS.png (chart).
+
+    python -m pytest benchmarks --benchmark-json=benchmarks/results.json
+    python benchmarks/report.py benchmarks/results.json [--out-dir benchmarks]
+
+Per op and shape: the median time of each contender, its ratio to the memory floor and to
+PyTorch, and the effective bandwidth (the floor's bytes / time). The headline gives, per op and
+direction, numbanorm's worst ratios against the targets (<= 1.5x the floor, faster than PyTorch).
+Both outputs are written to a temporary file and renamed into place.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import OrderedDict, defaultdict
+
+FLOOR_TARGET = 1.5
+FLOOR_OF = {"cpu": "floor", "cuda": "copy-d2d"}
+TORCH_OF = {"cpu": "torch", "cuda": "torch-cuda"}
+OURS_OF = {"cpu": "numbanorm", "cuda": "numbanorm-cuda"}
+LARGE = 1 << 19  # elements: below this a case shows per-call overhead rather than bandwidth
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename tmp_path onto path (same directory)."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fmt_time(s):
+    if s is None:
+        return "-"
+    for unit, k in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= k:
+            return f"{s / k:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "-"
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    groups = OrderedDict()
+    other = defaultdict(list)
+    for b in data["benchmarks"]:
+        ei = b.get("extra_info", {})
+        if not b.get("stats"):
+            continue
+        entry = {"name": b["name"], "median": b["stats"]["median"], "rounds": b["stats"]["rounds"],
+                 **ei}
+        if ei.get("op") in ("coldstart", "trainer"):
+            other[ei["op"]].append(entry)
+        elif "contender" in ei:
+            groups.setdefault(b["group"], []).append(entry)
+    return data, groups, other
+
+
+def analyse(groups):
+    """Per group: rows with ratios; per (device, op, direction): worst numbanorm ratios."""
+    tables, worst = [], OrderedDict()
+    for group, entries in groups.items():
+        dev = entries[0].get("device", "cpu")
+        by = {e["contender"]: e for e in entries}
+        floor = by.get(FLOOR_OF[dev], {}).get("median")
+        torch = by.get(TORCH_OF[dev], {}).get("median")
+        rows = []
+        for e in entries:
+            t = e["median"]
+            rows.append({**e, "x_floor": t / floor if floor else None,
+                         "x_torch": t / torch if torch else None,
+                         "gbs": e["bytes"] / t / 1e9 if e.get("bytes") else None})
+        tables.append((group, rows))
+        ours = by.get(OURS_OF[dev])
+        if ours is None:
+            continue
+        key = (dev, ours["op"], ours["direction"])
+        w = worst.setdefault(key, {"floor": None, "torch": None, "floor_large": None,
+                                   "torch_large": None})
+        shape = "x".join(map(str, ours["shape"]))
+        large = numel(ours["shape"]) >= LARGE
+        for kind, base in (("floor", floor), ("torch", torch)):
+            if not base:
+                continue
+            r = ours["median"] / base
+            for k in (kind, kind + "_large") if large else (kind,):
+                if w[k] is None or r > w[k][0]:
+                    w[k] = (r, shape)
+    return tables, worst
+
+
+def machine_lines(data, groups, other):
+    mi = data.get("machine_info", {})
+    nb = mi.get("numbanorm", {})
+    cpu = nb.get("cpu_model") or mi.get("cpu", {}).get("brand_raw") or mi.get("processor", "?")
+    loads = [e["loadavg"] for es in list(groups.values()) + list(other.values()) for e in es
+             if "loadavg" in e]
+    lines = [
+        f"- Machine: {cpu}, {nb.get('logical_cpus', '?')} logical CPUs; "
+        f"{nb.get('threads', '?')} threads for Numba and PyTorch",
+        f"- numba {nb.get('numba', '?')}, numpy {nb.get('numpy', '?')}, torch {nb.get('torch') or 'not installed'}, "
+        f"Python {mi.get('python_version', '?')}",
+        f"- Date: {nb.get('date') or data.get('datetime', '?')}"
+        + ("; QUICK MODE (tiny shapes): not a measurement" if nb.get("quick") else ""),
+    ]
+    if loads:
+        lo, hi = min(loads), max(loads)
+        lines.append(f"- 1-minute load average during the run: {lo:.1f} to {hi:.1f}")
+        ncpu = nb.get("logical_cpus") or 0
+        if ncpu and hi > 0.5 * ncpu:
+            lines.append(
+                f"- **The run was made while other jobs were using the machine** (load up to "
+                f"{hi:.1f} on {ncpu} logical CPUs). Parallel kernels (numbanorm's, PyTorch's and "
+                "the parallel floor) lose most when a thread waits for a busy core, so their "
+                "times are inflated and noisy; compare ratios within a group, not across runs.")
+    return lines
+
+
+def headline(worst):
+    out = ["| device | op | direction | worst x floor (shape) | worst x floor, large shapes | "
+           "worst x PyTorch (shape) | worst x PyTorch, large shapes | targets met |",
+           "|---|---|---|---|---|---|---|---|"]
+
+    def cell(v):
+        return "-" if v is None else f"{v[0]:.2f}x ({v[1]})"
+
+    for (dev, op, direction), w in worst.items():
+        ok_floor = w["floor"] is not None and w["floor"][0] <= FLOOR_TARGET
+        ok_torch = w["torch"] is not None and w["torch"][0] < 1.0
+        verdict = ("yes" if ok_floor and ok_torch else
+                   "floor only" if ok_floor else "PyTorch only" if ok_torch else "no")
+        out.append(f"| {dev} | {op} | {direction} | {cell(w['floor'])} | {cell(w['floor_large'])} | "
+                   f"{cell(w['torch'])} | {cell(w['torch_large'])} | {verdict} |")
+    return out
+
+
+def group_table(group, rows):
+    out = [f"### {group}", "", "| contender | median | x floor | x PyTorch | GB/s | rounds |",
+           "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["median"]):
+        gbs = "-" if r["gbs"] is None else f"{r['gbs']:.1f}"
+        out.append(f"| {r['contender']} | {fmt_time(r['median'])} | {fmt_ratio(r['x_floor'])} | "
+                   f"{fmt_ratio(r['x_torch'])} | {gbs} | {r['rounds']} |")
+    return out + [""]
+
+
+def coldstart_table(entries):
+    if not entries:
+        return []
+    ops = entries[0].get("ops", [])
+    out = ["## Cold start (first call in a fresh process)", "",
+           f"Whole process (interpreter start included) and the in-process split; ops: {', '.join(ops)} "
+           "(forward + backward each, on (8, 16, 8, 8) float32).", "",
+           "| Numba cache | process (median) | import numbanorm | " + " | ".join(ops) + " |",
+           "|---|---|---|" + "---|" * len(ops)]
+    for e in sorted(entries, key=lambda e: e["median"], reverse=True):
+        s = e.get("seconds", {})
+        out.append(f"| {e['cache']} | {fmt_time(e['median'])} | {fmt_time(s.get('import'))} | "
+                   + " | ".join(fmt_time(s.get(o)) for o in ops) + " |")
+    return out + [""]
+
+
+def trainer_table(entries):
+    if not entries:
+        return []
+    torch = next((e["median"] for e in entries if e["contender"] == "torch"), None)
+    out = ["## Trainer: one SGD step of the reference CNN", "",
+           f"Batch {entries[0].get('batch')}, 28x28 inputs, conv-BN-ReLU-pool x2, linear x2, "
+           "SGD(lr=0.05, momentum=0.9).", "",
+           "| contender | median step | images/s | x PyTorch |", "|---|---|---|---|"]
+    for e in sorted(entries, key=lambda e: e["median"]):
+        ips = e.get("images_per_s") or e["batch"] / e["median"]
+        out.append(f"| {e['contender']} | {fmt_time(e['median'])} | {ips:.0f} | "
+                   f"{fmt_ratio(e['median'] / torch if torch else None)} |")
+    return out + [""]
+
+
+def plot(tables, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [(g, rows) for g, rows in tables if any(r["x_floor"] for r in rows)]
+    contenders = [c for c in ("numbanorm", "torch", "numpy", "numbanorm-cuda", "torch-cuda")
+                  if any(r["contender"] == c for _, rows in tables for r in rows)]
+    if not tables or not contenders:
+        return False
+    height = 0.8 / len(contenders)
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(tables) * max(2, len(contenders)) / 2 + 1.5))
+    for i, c in enumerate(contenders):
+        ys, xs = [], []
+        for j, (g, rows) in enumerate(tables):
+            r = next((r for r in rows if r["contender"] == c), None)
+            if r is not None and r["x_floor"]:
+                ys.append(j + i * height)
+                xs.append(r["x_floor"])
+        ax.barh(ys, xs, height=height, label=c)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(tables))])
+    ax.set_yticklabels([g for g, _ in tables], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvline(FLOOR_TARGET, color="r", lw=0.8, ls="--", label=f"target {FLOOR_TARGET}x floor")
+    ax.set_xlabel("median time / memory floor (log scale; lower is better)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("numbanorm vs contenders, relative to the memory floor")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return True
+
+
+def render(data, groups, other, png_name):
+    tables, worst = analyse(groups)
+    lines = ["# numbanorm benchmark results", "",
+             "Generated by `benchmarks/report.py` from a pytest-benchmark JSON file "
+             "(`python -m pytest benchmarks --benchmark-json=benchmarks/results.json`).", ""]
+    lines += machine_lines(data, groups, other) + [""]
+    lines += ["## Headline: numbanorm's worst ratios per op", "",
+              f"Targets: every op, forward and backward, within {FLOOR_TARGET}x of the memory "
+              "floor and faster than PyTorch (x PyTorch < 1). \"Large shapes\" have at least "
+              f"{LARGE:,} elements; the small ones measure per-call overhead.", ""]
+    lines += headline(worst) + [""]
+    lines += ["How to read the tables: the floor (`benchmarks/floor.py`) runs streaming kernels "
+              "that move the op's minimal traffic (training forward 3 passes of x's bytes, "
+              "training backward 5, eval forward 2, eval backward 3); GB/s is that traffic "
+              "divided by each contender's median time. `numpy` is the tests' textbook reference "
+              "(tests/reference.py) run on float32; `torch` forwards run under no_grad and "
+              "backwards call the aten native backward kernels directly.", ""]
+    if png_name:
+        lines += [f"![ratio to the memory floor]({png_name})", ""]
+    lines += ["## Ops", ""]
+    for group, rows in tables:
+        lines += group_table(group, rows)
+    lines += coldstart_table(other.get("coldstart", []))
+    lines += trainer_table(other.get("trainer", []))
+    return "\n".join(lines) + "\n", worst
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", nargs="?", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    args = ap.parse_args(argv)
+    data, groups, other = load(args.json)
+    if not groups and not other:
+        sys.exit(f"{args.json}: no timed benchmarks (was it run with --benchmark-disable?)")
+    os.makedirs(args.out_dir, exist_ok=True)
+    png = os.path.join(args.out_dir, "RESULTS.png")
+    has_png = plot(analyse(groups)[0], png)
+    text, worst = render(data, groups, other, "RESULTS.png" if has_png else None)
+    md = os.path.join(args.out_dir, "RESULTS.md")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(md, write)
+    print(f"wrote {md}" + (f" and {png}" if has_png else ""))
+    for (dev, op, direction), w in worst.items():
+        f, t = w["floor"], w["torch"]
+        print(f"{dev} {op} {direction}: worst x floor {f[0]:.2f} ({f[1]})" if f else "",
+              f"worst x torch {t[0]:.2f} ({t[1]})" if t else "")
+
+
+if __name__ == "__main__":
+    main()
