@@ -39,7 +39,6 @@ outright -- killed, os._exit -- is detected by mpiexec itself, which then kills 
 Checkpoints: `save_on_root` writes on rank 0 only, atomically (temp file + os.replace).
 """
 import contextlib
-import math
 import sys
 import time
 import traceback
@@ -143,20 +142,8 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
 
     if not training:
         return F.batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
-    be, a = _backend.select(x=x, weight=weight, bias=bias,
-                            running_mean=running_mean, running_var=running_var)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
-    running_mean, running_var = a["running_mean"], a["running_var"]
-    dtype = check.float_array("x", x)
-    check.min_ndim("x", x, 2, "(N, C) or (N, C, *spatial)")
-    N, C = int(x.shape[0]), int(x.shape[1])
-    S = math.prod(int(d) for d in x.shape[2:])
-    for name, p in (("weight", weight), ("bias", bias),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        check.param(name, p, (C,), dtype)
-    check.running_pair(running_mean, running_var)
-    eps = check.eps(eps)
-    momentum = check.momentum(momentum)
+    (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
+     momentum) = F._channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     comm = _comm(comm)
 
     x3 = be.contiguous(x).reshape(N, C, S)
@@ -222,7 +209,6 @@ def sync_batch_norm_backward(dy, saved):
         local[0], local[1] = _host(sum_dy), _host(sum_dy_xmu)
     total = np.empty_like(local)
     saved.comm.Allreduce(local, total)  # the one message of the backward
-    zeros_or = lambda v: v.astype(saved.dtype)
     if saved.x is None:
         dx = be.empty(saved.shape, saved.dtype)
         dw = be.full((C,), 0.0, saved.dtype) if saved.has_weight else None
@@ -232,8 +218,8 @@ def sync_batch_norm_backward(dy, saved):
         saved.x, dy3, saved.mean, saved.rstd, saved.weight, True,
         _on_backend(be, total[0]), _on_backend(be, total[1]), saved.count)
     rstd = _host(saved.rstd)
-    dw = _to(be, zeros_or(local[1] * rstd)) if saved.has_weight else None
-    db = _to(be, zeros_or(local[0])) if saved.has_bias else None
+    dw = _to(be, (local[1] * rstd).astype(saved.dtype)) if saved.has_weight else None
+    db = _to(be, local[0].astype(saved.dtype)) if saved.has_bias else None
     return dx.reshape(saved.shape), dw, db
 
 

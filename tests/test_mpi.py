@@ -215,3 +215,28 @@ def test_failed_save_leaves_no_partial_checkpoint(warm, tmp_path):
     assert res.returncode != 0
     assert "rank 0 of 2 failed" in res.stderr and "disk full" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []  # neither checkpoint.npz nor its temp file
+
+
+# ---------------------------------------------------------------- the demo
+
+def test_demo_distributed_tracks_single_process(warm, tmp_path):
+    """`mpiexec -n 3 numbanorm-demo --distributed` (batches of 128 split 43/43/42, the last of
+    the 300 images 44 split 15/15/14) against one process: the same trained state_dict; rank 0
+    alone prints the table and writes the file."""
+    common = ["-m", "numbanorm.demo", "--norm", "batch", "--limit-train", "300", "--limit-test", "100",
+              "--epochs", "1", "--device", "cpu", "--no-progress", "--seed", "3"]
+    one = subprocess.run([sys.executable, *common, "--save", tmp_path / "one" / "m.npz"], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=3 * TIMEOUT)
+    check_ok(one)
+    cmd = [MPIEXEC, "-n", "3", sys.executable, *common, "--distributed", "--save", tmp_path / "three" / "m.npz"]
+    three = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3 * TIMEOUT)
+    check_ok(three)
+    assert three.stdout.count("total wall time") == 1, three.stdout
+    assert "3 MPI ranks" in three.stdout
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == ["m.npz"]
+    a, b = np.load(tmp_path / "one" / "m.npz"), np.load(tmp_path / "three" / "m.npz")
+    assert sorted(a.files) == sorted(b.files)
+    worst = {k: float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a.files}
+    print("\ndemo max |1 process - 3 ranks|: " + " ".join(f"{k}={v:.1e}" for k, v in worst.items()))
+    for k, v in worst.items():
+        assert v <= 1e-5 * (1 + float(np.max(np.abs(a[k])))), (k, v)
