@@ -8,8 +8,8 @@ from numba import cuda, float64
 
 from . import config
 
-# The CUDA simulator has no warp shuffles; there the last 32 partials are summed through
-# shared memory instead, in the same pairwise order, so both paths give identical bits.
+# The CUDA simulator has no warp shuffles; there one thread sums the last 32 partials in the
+# same pairwise order as the shuffle tree, so both paths give identical bits.
 USE_SHUFFLE = hasattr(cuda, "shfl_down_sync")
 FULL_MASK = 0xFFFFFFFF
 WARP = 32
@@ -45,15 +45,14 @@ def block_sum2(a, b, sh):
     sh[T + tid] = b
     cuda.syncthreads()
     stride = T // 2
-    last = WARP if USE_SHUFFLE else 1
-    while stride >= last:
+    while stride >= WARP:
         if tid < stride:
             sh[tid] += sh[tid + stride]
             sh[T + tid] += sh[T + tid + stride]
         cuda.syncthreads()
         stride //= 2
+    # sh[0:32] and sh[T:T+32] now hold 32 partials each: finish in warp 0
     if USE_SHUFFLE:
-        # sh[0:32] (and sh[T:T+32]) hold 32 partials: finish in warp 0 with shuffles
         if tid < WARP:
             a = sh[tid]
             b = sh[T + tid]
@@ -65,7 +64,15 @@ def block_sum2(a, b, sh):
             if tid == 0:
                 sh[0] = a
                 sh[T] = b
-        cuda.syncthreads()
+    elif tid == 0:
+        # the simulator: the same pairwise tree, done by one thread (no barriers)
+        off = WARP // 2
+        while off > 0:
+            for i in range(off):
+                sh[i] += sh[i + off]
+                sh[T + i] += sh[T + i + off]
+            off //= 2
+    cuda.syncthreads()
     a = sh[0]
     b = sh[T]
     cuda.syncthreads()  # sh may be reused by the caller's next reduction

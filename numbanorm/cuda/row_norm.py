@@ -18,10 +18,13 @@ with per-(sample, group) statistics. No float atomics: deterministic.
 import numpy as np
 from numba import cuda, float64
 
-from . import channel_norm
+from . import channel_norm, config
 from ._common import block_sum2, cdiv, shared_bytes, threads
 
-MAX_ROW_BLOCKS = 65535  # grid-stride over rows beyond this
+
+def _row_blocks(R):
+    """One block per row, grid-striding over rows beyond a few waves of config.TARGET_BLOCKS."""
+    return max(1, min(R, 4 * int(config.TARGET_BLOCKS)))
 
 
 @cuda.jit
@@ -63,7 +66,7 @@ def forward(x, weight, bias, G, Cg, S, eps):
     y = cuda.device_array((R, M), x.dtype)
     mean = cuda.device_array(R, np.float64)
     rstd = cuda.device_array(R, np.float64)
-    _forward[min(R, MAX_ROW_BLOCKS), t, 0, shared_bytes(t)](x, weight, bias, G, Cg, S, float(eps),
+    _forward[_row_blocks(R), t, 0, shared_bytes(t)](x, weight, bias, G, Cg, S, float(eps),
                                                             y, mean, rstd)
     return y, mean, rstd
 
@@ -102,7 +105,7 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     R, M = x.shape
     t = threads()
     dx = cuda.device_array((R, M), x.dtype)
-    _backward_dx[min(R, MAX_ROW_BLOCKS), t, 0, shared_bytes(t)](x, dy, mean, rstd, weight,
+    _backward_dx[_row_blocks(R), t, 0, shared_bytes(t)](x, dy, mean, rstd, weight,
                                                                 G, Cg, S, dx)
     N = R // G
     x3 = x.reshape(N, G * Cg, S)

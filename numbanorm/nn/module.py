@@ -34,6 +34,10 @@ def _to_host(a):
     return a if isinstance(a, np.ndarray) else a.copy_to_host()
 
 
+# Buffers that stay NumPy on every device: a step counter read and incremented on the host.
+HOST_BUFFERS = ("num_batches_tracked",)
+
+
 class Module:
     """Base class: registers Parameter and Module attributes, and buffers via register_buffer."""
 
@@ -155,7 +159,7 @@ class Module:
                 raise TypeError(f"load_state_dict: {key} must be numeric, got dtype {value.dtype}")
             staged.append((owner, name, is_param, value.astype(current.dtype)))
         for owner, name, is_param, value in staged:
-            new = _backend.transfer(value, owner.device)
+            new = value if name in HOST_BUFFERS else _backend.transfer(value, owner.device)
             if is_param:
                 owner._parameters[name].data = new
             else:
@@ -172,7 +176,7 @@ class Module:
                 if p.grad is not None:
                     p.grad = _backend.transfer(p.grad, device)
         for name, b in list(self._buffers.items()):
-            if b is not None:
+            if b is not None and name not in HOST_BUFFERS:
                 self._set_buffer(name, _backend.transfer(b, device))
         object.__setattr__(self, "device", device)
         for m in self._modules.values():
