@@ -40,7 +40,7 @@ try:
     HAVE_MPI4PY = True
 except ImportError:
     HAVE_MPI4PY = False
-pytestmark = pytest.mark.skipif(
+needs_mpi = pytest.mark.skipif(
     not (HAVE_MPI4PY and MPIEXEC),
     reason="MPI tests need mpi4py and mpiexec: pip install mpi4py mpich (numbanorm[mpi])"
     + ("" if HAVE_MPI4PY else "; mpi4py is not installed")
@@ -97,6 +97,7 @@ def _cuda_usable():
     return cuda_available()
 
 
+@needs_mpi
 @pytest.mark.parametrize("device,sizes", [
     ("cpu", "6,6"), ("cpu", "3,8"), ("cpu", "1,4,7"), ("cpu", "5,0,3"), ("cpu", "0,9"),
     pytest.param("cuda", "1,0,6", id="cuda-3ranks-empty"),
@@ -125,6 +126,7 @@ def test_sync_batch_norm_equals_single_process(warm, tmp_path, device, sizes):
         for c, r in results.items()))
 
 
+@needs_mpi
 def test_one_value_per_channel_raises_on_every_rank(warm):
     """Training with a single value per channel over all ranks is an error on every rank alike
     (the count is global, known after the collective), so no rank is left waiting."""
@@ -163,6 +165,30 @@ def test_merge_stats_matches_concatenation():
     np.testing.assert_allclose(m2 / n, whole.var(0), rtol=1e-12)
 
 
+def test_without_mpi4py_import_works_and_training_says_what_to_install():
+    """With mpi4py unimportable: numbanorm imports, SyncBatchNorm in eval mode works (no
+    communication), and a training forward raises ImportError naming the packages."""
+    code = (
+        "import sys\n"
+        "sys.modules['mpi4py'] = None  # import mpi4py now raises ImportError\n"
+        "import numpy as np\n"
+        "import numbanorm\n"
+        "from numbanorm import nn\n"
+        "m = nn.SyncBatchNorm(3, dtype=np.float64)\n"
+        "x = np.arange(12.0).reshape(4, 3)\n"
+        "assert np.allclose(m.eval()(x), x / np.sqrt(1 + 1e-5))\n"
+        "try:\n"
+        "    m.train()(x)\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    check_ok(res)
+    assert "ImportError: numbanorm.distributed needs mpi4py" in res.stdout, res.stdout
+    assert "pip install 'numbanorm[mpi]'" in res.stdout
+
+
 @pytest.mark.parametrize("n,size", [(10, 3), (2, 3), (128, 2), (0, 2)])
 def test_shard_range_covers_in_order(n, size):
     blocks = [D.shard_range(n, rank=r, size=size) for r in range(size)]
@@ -173,11 +199,13 @@ def test_shard_range_covers_in_order(n, size):
 
 # ---------------------------------------------------------------- data parallel
 
+@needs_mpi
 def test_allreduce_gradients_bucketed_and_broadcast(warm):
     res = check_ok(mpirun(3, "grads.py"))
     assert "OK" in res.stdout
 
 
+@needs_mpi
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 def test_two_ranks_track_one_rank(warm, tmp_path, dtype, tol):
     """SGD on Linear -> (Sync)BatchNorm1d -> ReLU -> Linear: 2 ranks x batch 64 vs 1 rank x 128."""
@@ -197,6 +225,7 @@ def test_two_ranks_track_one_rank(warm, tmp_path, dtype, tol):
 
 # ---------------------------------------------------------------- faults
 
+@needs_mpi
 def test_raising_rank_aborts_all(warm, tmp_path):
     res = mpirun(2, "fault.py", "raise", tmp_path)
     assert res.returncode != 0
@@ -204,12 +233,14 @@ def test_raising_rank_aborts_all(warm, tmp_path):
     assert "rank 0 finished" not in res.stdout
 
 
+@needs_mpi
 def test_dying_rank_stops_all(warm, tmp_path):
     res = mpirun(2, "fault.py", "die", tmp_path)
     assert res.returncode != 0
     assert "finished" not in res.stdout
 
 
+@needs_mpi
 def test_failed_save_leaves_no_partial_checkpoint(warm, tmp_path):
     res = mpirun(2, "fault.py", "save", tmp_path)
     assert res.returncode != 0
@@ -219,6 +250,7 @@ def test_failed_save_leaves_no_partial_checkpoint(warm, tmp_path):
 
 # ---------------------------------------------------------------- the demo
 
+@needs_mpi
 def test_demo_distributed_tracks_single_process(warm, tmp_path):
     """`mpiexec -n 3 numbanorm-demo --distributed` (batches of 128 split 43/43/42, the last of
     the 300 images 44 split 15/15/14) against one process: the same trained state_dict; rank 0
