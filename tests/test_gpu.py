@@ -331,3 +331,46 @@ def test_layers_on_gpu_match_cpu(make, shape):
     assert_close(fresh.eval()(dev(x)), y, np.float32)
     back = fresh.to("cpu")
     np.testing.assert_allclose(back(x), y, rtol=2e-5, atol=2e-5)
+
+
+# ---------------------------------------------------------------- edges
+
+def test_empty_batch():
+    x = np.ones((0, 3, 4), np.float32)
+    w = np.ones(3, np.float32)
+    yg, saved = F.batch_norm(dev(x), dev(w), dev(w))
+    assert yg.shape == (0, 3, 4)
+    dx, dw, db = F.batch_norm_backward(dev(x), saved)
+    assert dx.shape == (0, 3, 4)
+    np.testing.assert_array_equal(host(dw), np.zeros(3, np.float32))
+    np.testing.assert_array_equal(host(db), np.zeros(3, np.float32))
+
+
+def test_cpu_path_does_not_import_numba_cuda():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from numbanorm import functional as F; "
+            "F.layer_norm(np.ones((2, 3)), 3); assert 'numba.cuda' not in sys.modules")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+class _ForeignArray:
+    """A stand-in for a CuPy array / torch CUDA tensor: only __cuda_array_interface__."""
+
+    def __init__(self, d):
+        self._d = d
+        self.__cuda_array_interface__ = d.__cuda_array_interface__
+
+
+@pytest.mark.skipif(SIMULATOR, reason="simulator device arrays have no __cuda_array_interface__")
+def test_foreign_cuda_arrays_are_wrapped_zero_copy():
+    rng = np.random.default_rng(10)
+    x = randn(rng, (3, 4, 5), np.float32)
+    rm = dev(np.zeros(4, np.float32))
+    y, _ = F.batch_norm(x)
+    yg, saved = F.batch_norm(_ForeignArray(dev(x)), running_mean=_ForeignArray(rm),
+                             running_var=_ForeignArray(dev(np.ones(4, np.float32))))
+    assert_close(yg, y, np.float32)
+    assert np.abs(host(rm)).max() > 0  # updated in place through the foreign wrapper

@@ -21,6 +21,8 @@ Partial modes: 0 = shifted stats of x: p1 = sum(x - x[0, c, 0]), p2 = sum((x - x
 rstd[k]. The statistic index is k = n * nstride + c // Cg (nstride = 0, Cg = 1 for BatchNorm;
 the row-norm backward uses nstride = G to get per-(sample, group) statistics).
 """
+import math
+
 import numpy as np
 from numba import cuda, float64
 
@@ -206,7 +208,7 @@ def _forward_coeffs(p1, p2, x, count, training, eps, momentum, running_mean, run
     else:
         m = float64(running_mean[c])
         v = float64(running_var[c])
-    rs = 1.0 / np.sqrt(v + eps)
+    rs = 1.0 / math.sqrt(v + eps)
     mean[c] = m
     rstd[c] = rs
     scale[c] = rs * weight[c] if has_weight else rs

@@ -15,6 +15,8 @@ and writes y. Backward: the same per-row structure for dx (row sums of w*dy and 
 and dweight/dbias by the channel kernels' two-stage reduction over x viewed as (N, G*Cg, S)
 with per-(sample, group) statistics. No float atomics: deterministic.
 """
+import math
+
 import numpy as np
 from numba import cuda, float64
 
@@ -45,7 +47,7 @@ def _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd):
         a1, a2 = block_sum2(a1, a2, sh)
         d_mean = a1 / M
         m = shift + d_mean
-        rs = 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
+        rs = 1.0 / math.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
         if tid == 0:
             mean[r] = m
             rstd[r] = rs
