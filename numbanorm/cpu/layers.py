@@ -5,10 +5,11 @@ signatures; numbanorm/nn/layers.py and numbanorm/optim.py call whichever the dev
 Shape legend: N batch, C input channels, O output channels, H/W input height/width,
 OH/OW output height/width, P = OH * OW, KH/KW kernel size, K = C * KH * KW, F features.
 
-Convolution is im2col + one float32 BLAS gemm over the whole batch:
-  cols (K, N * P):  cols[c*KH*KW + i*KW + j, n*P + oh*OW + ow] = x[n, c, oh*s-pad+i, ow*s-pad+j]
-  y2 = weight.reshape(O, K) @ cols  -> (O, N * P), then scattered to (N, O, OH, OW) + bias.
-Backward: dy gathered to (O, N * P); dweight = dy2 @ cols.T; dcols = weight2.T @ dy2; col2im.
+Convolution is im2col + float32 BLAS gemms, one per sample (NumPy's batched matmul):
+  cols (N, K [+1], P): cols[n, c*KH*KW + i*KW + j, oh*OW + ow] = x[n, c, oh*s-pad+i, ow*s-pad+j],
+  plus a row of ones when there is a bias; y[n] = [weight2 | bias] @ cols[n] (already NCHW).
+Backward: dweight (and dbias, the ones row's column) = sum_n dy[n] @ cols[n].T;
+  dcols[n] = weight2.T @ dy[n]; col2im adds dcols back into dx.
 
 Determinism: every parallel loop gives each task its own output elements (a plane, a row, a
 channel) and sums in a fixed order, so results do not depend on the thread count. No atomics.
@@ -21,36 +22,54 @@ SERIAL_BELOW = 32768  # elements: smaller elementwise ops run serially (thread w
 
 # ---------------------------------------------------------------- conv2d
 
+@njit(cache=True)
+def _valid_range(O, stride, pad, k, size):
+    """[lo, hi): the output positions o with 0 <= o * stride - pad + k < size."""
+    lo = 0
+    if pad - k > 0:
+        lo = min(O, (pad - k + stride - 1) // stride)
+    top = size - 1 + pad - k
+    hi = 0 if top < 0 else min(O, top // stride + 1)
+    return lo, max(lo, hi)
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
+    """cols[n, (c*KH + i)*KW + j, oh*OW + ow] = x[n, c, oh*sh - ph + i, ow*sw - pw + j] (0 in
+    the padding); a row K = C*KH*KW, when cols has one, is filled with ones (the bias row)."""
     N, C, H, W = x.shape
+    K = C * KH * KW
     P = OH * OW
     for t in prange(N * C):
         n = t // C
         c = t % C
+        if c == 0 and cols.shape[1] > K:
+            for p in range(P):
+                cols[n, K, p] = 1.0
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                lo, hi = _valid_range(OW, sw, pw, j, W)
                 for oh in range(OH):
                     ih = oh * sh - ph + i
-                    base = n * P + oh * OW
+                    base = oh * OW
                     if ih < 0 or ih >= H:
                         for ow in range(OW):
-                            cols[row, base + ow] = 0.0
-                    else:
-                        for ow in range(OW):
-                            iw = ow * sw - pw + j
-                            if iw >= 0 and iw < W:
-                                cols[row, base + ow] = x[n, c, ih, iw]
-                            else:
-                                cols[row, base + ow] = 0.0
+                            cols[n, row, base + ow] = 0.0
+                        continue
+                    for ow in range(lo):
+                        cols[n, row, base + ow] = 0.0
+                    off = j - pw
+                    for ow in range(lo, hi):
+                        cols[n, row, base + ow] = x[n, c, ih, ow * sw + off]
+                    for ow in range(hi, OW):
+                        cols[n, row, base + ow] = 0.0
 
 
 @njit(parallel=True, cache=True)
 def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
     """dx[n, c] = sum of the dcols entries im2col read from it; one task per (n, c) plane."""
     N, C, H, W = dx.shape
-    P = OH * OW
     for t in prange(N * C):
         n = t // C
         c = t % C
@@ -60,41 +79,26 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                lo, hi = _valid_range(OW, sw, pw, j, W)
+                off = j - pw
                 for oh in range(OH):
                     ih = oh * sh - ph + i
                     if ih < 0 or ih >= H:
                         continue
-                    base = n * P + oh * OW
-                    for ow in range(OW):
-                        iw = ow * sw - pw + j
-                        if iw >= 0 and iw < W:
-                            dx[n, c, ih, iw] += dcols[row, base + ow]
+                    base = oh * OW
+                    for ow in range(lo, hi):
+                        dx[n, c, ih, ow * sw + off] += dcols[n, row, base + ow]
 
 
 @njit(parallel=True, cache=True)
-def _scatter_bias(y2, bias, has_bias, y):
-    """y[n, o, p] = y2[o, n * P + p] + bias[o]; y2 is (O, N * P), y is (N, O, P)."""
-    N, O, P = y.shape
-    for t in prange(N * O):
-        n = t // O
-        o = t % O
-        b = bias[o] if has_bias else 0.0
-        for p in range(P):
-            y[n, o, p] = y2[o, n * P + p] + b
-
-
-@njit(parallel=True, cache=True)
-def _gather_dbias(dy, dy2, dbias):
-    """dy2[o, n * P + p] = dy[n, o, p]; dbias[o] = sum over (n, p) of dy (float64 sum)."""
-    N, O, P = dy.shape
-    for o in prange(O):
+def _sum_batch(parts, out):
+    """out[j] = sum over n of parts[n, j] (float64 accumulation, fixed order)."""
+    N, M = parts.shape
+    for j in prange(M):
         acc = 0.0
         for n in range(N):
-            for p in range(P):
-                v = dy[n, o, p]
-                dy2[o, n * P + p] = v
-                acc += v
-        dbias[o] = acc
+            acc += parts[n, j]
+        out[j] = acc
 
 
 def conv_out_size(size, k, stride, pad):
@@ -103,63 +107,86 @@ def conv_out_size(size, k, stride, pad):
 
 def conv2d_forward(x, weight, bias, stride, padding):
     """x (N, C, H, W), weight (O, C, KH, KW), bias (O,) or None, stride and padding (h, w)
-    pairs -> (y (N, O, OH, OW), cols (K, N * P) kept for the backward)."""
+    pairs -> (y (N, O, OH, OW), cols kept for the backward).
+
+    cols is (N, K + 1, P) with a row of ones when there is a bias, so one batched gemm
+    y[n] = [weight | bias] @ cols[n] also adds the bias.
+    """
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     OH, OW = conv_out_size(H, KH, sh, ph), conv_out_size(W, KW, sw, pw)
     K, P = C * KH * KW, OH * OW
-    cols = np.empty((K, N * P), x.dtype)
+    Kb = K + (bias is not None)
+    cols = np.empty((N, Kb, P), x.dtype)
     _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols)
-    y2 = np.matmul(weight.reshape(O, K), cols)
+    w2 = weight.reshape(O, K)
+    if bias is not None:
+        w2 = np.concatenate((w2, bias.reshape(O, 1)), axis=1)
     y = np.empty((N, O, OH, OW), x.dtype)
-    has_bias = bias is not None
-    _scatter_bias(y2, bias if has_bias else weight.reshape(-1)[:1], has_bias, y.reshape(N, O, P))
+    np.matmul(w2, cols, out=y.reshape(N, O, P))
     return y, cols
 
 
 def conv2d_backward(dy, x_shape, cols, weight, stride, padding, need_dx=True):
-    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight, dbias (O,) float of x's dtype)."""
+    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight, dbias (O,) or None)."""
     N, O, OH, OW = dy.shape
     _, C, KH, KW = weight.shape
     K, P = C * KH * KW, OH * OW
-    dy2 = np.empty((O, N * P), dy.dtype)
-    dbias = np.empty(O, np.float64)
-    _gather_dbias(dy.reshape(N, O, P), dy2, dbias)
-    dweight = np.matmul(dy2, cols.T).reshape(weight.shape)
+    Kb = cols.shape[1]
+    dy3 = dy.reshape(N, O, P)
+    parts = np.matmul(dy3, cols.transpose(0, 2, 1))  # (N, O, Kb): one gemm per sample
+    dw = np.empty(O * Kb, np.float64)
+    _sum_batch(parts.reshape(N, O * Kb), dw)
+    dw = dw.reshape(O, Kb).astype(dy.dtype)
+    dweight = np.ascontiguousarray(dw[:, :K]).reshape(weight.shape)
+    dbias = np.ascontiguousarray(dw[:, K]) if Kb > K else None
     dx = None
     if need_dx:
-        dcols = np.matmul(weight.reshape(O, K).T, dy2)
+        dcols = np.matmul(weight.reshape(O, K).T, dy3)  # (N, K, P)
         dx = np.empty(x_shape, dy.dtype)
         _col2im(dcols, KH, KW, stride[0], stride[1], padding[0], padding[1], OH, OW, dx)
-    return dx, dweight, dbias.astype(dy.dtype)
+    return dx, dweight, dbias
 
 
 # ---------------------------------------------------------------- pooling
 
 @njit(parallel=True, cache=True)
 def _max_pool(x, k, s, y, idx):
-    """y[n, c, oh, ow] = max of the k x k window; idx = its flat offset in the (H, W) plane
-    (the first maximum, as PyTorch; NaN wins, as PyTorch)."""
+    """y[n, c, oh, ow] = max of the k x k window; idx = its flat offset in the (H, W) plane.
+    Ties go to the first maximum; a NaN in the window wins (the last NaN), as in PyTorch.
+    The NaN test is a count, so the common no-NaN path has one branch per element."""
     N, C, H, W = x.shape
     _, _, OH, OW = y.shape
     for t in prange(N * C):
         n = t // C
         c = t % C
+        xp = x[n, c]
+        yp = y[n, c]
+        ip = idx[n, c]
         for oh in range(OH):
             for ow in range(OW):
                 h0 = oh * s
                 w0 = ow * s
-                best = x[n, c, h0, w0]
+                best = xp[h0, w0]
                 arg = h0 * W + w0
+                nans = 0
                 for i in range(k):
                     for j in range(k):
-                        v = x[n, c, h0 + i, w0 + j]
-                        if v > best or (v != v and best == best):
+                        v = xp[h0 + i, w0 + j]
+                        nans += v != v
+                        if v > best:
                             best = v
                             arg = (h0 + i) * W + w0 + j
-                y[n, c, oh, ow] = best
-                idx[n, c, oh, ow] = arg
+                if nans:
+                    for i in range(k):
+                        for j in range(k):
+                            v = xp[h0 + i, w0 + j]
+                            if v != v:
+                                best = v
+                                arg = (h0 + i) * W + w0 + j
+                yp[oh, ow] = best
+                ip[oh, ow] = arg
 
 
 @njit(parallel=True, cache=True)
