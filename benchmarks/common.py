@@ -23,6 +23,22 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def git_revision():
+    """'<short hash>' of the checkout, '+dirty' when numbanorm/ has uncommitted changes; None
+    outside a git checkout."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "numbanorm"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (rev + ("+dirty" if dirty else "")) or None
+
+
 def torch_version():
     try:
         import torch

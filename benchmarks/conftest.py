@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 
-from .common import cpu_model, quick_mode, torch_version
+from .common import cpu_model, git_revision, quick_mode, torch_version
 
 
 def pytest_report_header(config):
@@ -29,6 +29,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "loadavg_at_start": list(os.getloadavg()),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": quick_mode(config),
+        "git": git_revision(),
     }
 
 

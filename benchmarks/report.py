@@ -3,7 +3,7 @@
     python -m pytest benchmarks --benchmark-json=benchmarks/results.json
     python benchmarks/report.py benchmarks/results.json [--out-dir benchmarks]
 
-Per op and shape: the median time of each contender, its ratio to the memory floor and to
+Per op and shape: the median (and min) time of each contender, its ratio to the memory floor and to
 PyTorch, and the effective bandwidth (the floor's bytes / time). The headline gives, per op and
 direction, numbanorm's worst ratios against the targets (<= 1.5x the floor, faster than PyTorch).
 Both outputs are written to a temporary file and renamed into place.
@@ -19,6 +19,7 @@ FLOOR_TARGET = 1.5
 FLOOR_OF = {"cpu": "floor", "cuda": "copy-d2d"}
 TORCH_OF = {"cpu": "torch", "cuda": "torch-cuda"}
 OURS_OF = {"cpu": "numbanorm", "cuda": "numbanorm-cuda"}
+STAT = "median"  # the statistic ratios use; --stat min on a loaded machine (noise only adds)
 LARGE = 1 << 19  # elements: below this a case shows per-call overhead rather than bandwidth
 
 
@@ -67,8 +68,8 @@ def load(path):
         ei = b.get("extra_info", {})
         if not b.get("stats"):
             continue
-        entry = {"name": b["name"], "median": b["stats"]["median"], "rounds": b["stats"]["rounds"],
-                 **ei}
+        entry = {"name": b["name"], "t": b["stats"][STAT], "p50": b["stats"]["median"],
+                 "min": b["stats"]["min"], "rounds": b["stats"]["rounds"], **ei}
         if ei.get("op") in ("coldstart", "trainer"):
             other[ei["op"]].append(entry)
         elif "contender" in ei:
@@ -82,11 +83,11 @@ def analyse(groups):
     for group, entries in groups.items():
         dev = entries[0].get("device", "cpu")
         by = {e["contender"]: e for e in entries}
-        floor = by.get(FLOOR_OF[dev], {}).get("median")
-        torch = by.get(TORCH_OF[dev], {}).get("median")
+        floor = by.get(FLOOR_OF[dev], {}).get("t")
+        torch = by.get(TORCH_OF[dev], {}).get("t")
         rows = []
         for e in entries:
-            t = e["median"]
+            t = e["t"]
             rows.append({**e, "x_floor": t / floor if floor else None,
                          "x_torch": t / torch if torch else None,
                          "gbs": e["bytes"] / t / 1e9 if e.get("bytes") else None})
@@ -102,7 +103,7 @@ def analyse(groups):
         for kind, base in (("floor", floor), ("torch", torch)):
             if not base:
                 continue
-            r = ours["median"] / base
+            r = ours["t"] / base
             for k in (kind, kind + "_large") if large else (kind,):
                 if w[k] is None or r > w[k][0]:
                     w[k] = (r, shape)
@@ -119,7 +120,7 @@ def machine_lines(data, groups, other):
         f"- Machine: {cpu}, {nb.get('logical_cpus', '?')} logical CPUs; "
         f"{nb.get('threads', '?')} threads for Numba and PyTorch",
         f"- numba {nb.get('numba', '?')}, numpy {nb.get('numpy', '?')}, torch {nb.get('torch') or 'not installed'}, "
-        f"Python {mi.get('python_version', '?')}",
+        f"Python {mi.get('python_version', '?')}; numbanorm at git {nb.get('git') or '?'}",
         f"- Date: {nb.get('date') or data.get('datetime', '?')}"
         + ("; QUICK MODE (tiny shapes): not a measurement" if nb.get("quick") else ""),
     ]
@@ -155,12 +156,13 @@ def headline(worst):
 
 
 def group_table(group, rows):
-    out = [f"### {group}", "", "| contender | median | x floor | x PyTorch | GB/s | rounds |",
-           "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["median"]):
+    out = [f"### {group}", "",
+           f"| contender | median | min | x floor ({STAT}) | x PyTorch ({STAT}) | GB/s ({STAT}) | rounds |",
+           "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["t"]):
         gbs = "-" if r["gbs"] is None else f"{r['gbs']:.1f}"
-        out.append(f"| {r['contender']} | {fmt_time(r['median'])} | {fmt_ratio(r['x_floor'])} | "
-                   f"{fmt_ratio(r['x_torch'])} | {gbs} | {r['rounds']} |")
+        out.append(f"| {r['contender']} | {fmt_time(r['p50'])} | {fmt_time(r['min'])} | "
+                   f"{fmt_ratio(r['x_floor'])} | {fmt_ratio(r['x_torch'])} | {gbs} | {r['rounds']} |")
     return out + [""]
 
 
@@ -171,11 +173,11 @@ def coldstart_table(entries):
     out = ["## Cold start (first call in a fresh process)", "",
            f"Whole process (interpreter start included) and the in-process split; ops: {', '.join(ops)} "
            "(forward + backward each, on (8, 16, 8, 8) float32).", "",
-           "| Numba cache | process (median) | import numbanorm | " + " | ".join(ops) + " |",
+           f"| Numba cache | process ({STAT}) | import numbanorm | " + " | ".join(ops) + " |",
            "|---|---|---|" + "---|" * len(ops)]
-    for e in sorted(entries, key=lambda e: e["median"], reverse=True):
+    for e in sorted(entries, key=lambda e: e["t"], reverse=True):
         s = e.get("seconds", {})
-        out.append(f"| {e['cache']} | {fmt_time(e['median'])} | {fmt_time(s.get('import'))} | "
+        out.append(f"| {e['cache']} | {fmt_time(e['t'])} | {fmt_time(s.get('import'))} | "
                    + " | ".join(fmt_time(s.get(o)) for o in ops) + " |")
     return out + [""]
 
@@ -183,15 +185,15 @@ def coldstart_table(entries):
 def trainer_table(entries):
     if not entries:
         return []
-    torch = next((e["median"] for e in entries if e["contender"] == "torch"), None)
+    torch = next((e["t"] for e in entries if e["contender"] == "torch"), None)
     out = ["## Trainer: one SGD step of the reference CNN", "",
            f"Batch {entries[0].get('batch')}, 28x28 inputs, conv-BN-ReLU-pool x2, linear x2, "
            "SGD(lr=0.05, momentum=0.9).", "",
-           "| contender | median step | images/s | x PyTorch |", "|---|---|---|---|"]
-    for e in sorted(entries, key=lambda e: e["median"]):
-        ips = e.get("images_per_s") or e["batch"] / e["median"]
-        out.append(f"| {e['contender']} | {fmt_time(e['median'])} | {ips:.0f} | "
-                   f"{fmt_ratio(e['median'] / torch if torch else None)} |")
+           f"| contender | {STAT} step | images/s | x PyTorch |", "|---|---|---|---|"]
+    for e in sorted(entries, key=lambda e: e["t"]):
+        ips = e["batch"] / e["t"]
+        out.append(f"| {e['contender']} | {fmt_time(e['t'])} | {ips:.0f} | "
+                   f"{fmt_ratio(e['t'] / torch if torch else None)} |")
     return out + [""]
 
 
@@ -222,7 +224,7 @@ def plot(tables, path):
     ax.set_xscale("log")
     ax.axvline(1.0, color="k", lw=0.8)
     ax.axvline(FLOOR_TARGET, color="r", lw=0.8, ls="--", label=f"target {FLOOR_TARGET}x floor")
-    ax.set_xlabel("median time / memory floor (log scale; lower is better)")
+    ax.set_xlabel(f"{STAT} time / memory floor (log scale; lower is better)")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("numbanorm vs contenders, relative to the memory floor")
     fig.tight_layout()
@@ -231,13 +233,17 @@ def plot(tables, path):
     return True
 
 
-def render(data, groups, other, png_name):
+def render(data, groups, other, png_name, notes=()):
     tables, worst = analyse(groups)
     lines = ["# numbanorm benchmark results", "",
              "Generated by `benchmarks/report.py` from a pytest-benchmark JSON file "
              "(`python -m pytest benchmarks --benchmark-json=benchmarks/results.json`).", ""]
-    lines += machine_lines(data, groups, other) + [""]
+    lines += machine_lines(data, groups, other) + [f"- Note: {n}" for n in notes] + [""]
     lines += ["## Headline: numbanorm's worst ratios per op", "",
+              f"Ratios and GB/s use each benchmark's **{STAT}** time"
+              + (" (the machine was shared: interference only adds time, so the minimum is the "
+                 "better estimate of each contender's own cost; medians are in the tables)."
+                 if STAT == "min" else "."), "",
               f"Targets: every op, forward and backward, within {FLOOR_TARGET}x of the memory "
               "floor and faster than PyTorch (x PyTorch < 1). \"Large shapes\" have at least "
               f"{LARGE:,} elements; the small ones measure per-call overhead.", ""]
@@ -245,7 +251,7 @@ def render(data, groups, other, png_name):
     lines += ["How to read the tables: the floor (`benchmarks/floor.py`) runs streaming kernels "
               "that move the op's minimal traffic (training forward 3 passes of x's bytes, "
               "training backward 5, eval forward 2, eval backward 3); GB/s is that traffic "
-              "divided by each contender's median time. `numpy` is the tests' textbook reference "
+              "divided by each contender's time. `numpy` is the tests' textbook reference "
               "(tests/reference.py) run on float32; `torch` forwards run under no_grad and "
               "backwards call the aten native backward kernels directly.", ""]
     if png_name:
@@ -262,14 +268,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="?", default=os.path.join(os.path.dirname(__file__), "results.json"))
     ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic for ratios and GB/s (min on a loaded machine)")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the header")
     args = ap.parse_args(argv)
+    global STAT
+    STAT = args.stat
     data, groups, other = load(args.json)
     if not groups and not other:
         sys.exit(f"{args.json}: no timed benchmarks (was it run with --benchmark-disable?)")
     os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "RESULTS.png")
     has_png = plot(analyse(groups)[0], png)
-    text, worst = render(data, groups, other, "RESULTS.png" if has_png else None)
+    text, worst = render(data, groups, other, "RESULTS.png" if has_png else None,
+                        args.note)
     md = os.path.join(args.out_dir, "RESULTS.md")
 
     def write(tmp):
