@@ -268,13 +268,14 @@ class Flatten(_Layer):
 
     def forward(self, x):
         kernels, x = self._input(x)
-        nd = len(x.shape)
+        xs = tuple(int(d) for d in x.shape)
+        nd = len(xs)
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
         if nd == 0 or not 0 <= s <= e < nd:
             raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit "
-                             f"x of shape {tuple(x.shape)}")
-        shape = tuple(x.shape[:s]) + (math.prod(int(d) for d in x.shape[s:e + 1]),) + tuple(x.shape[e + 1:])
+                             f"x of shape {xs}")
+        shape = xs[:s] + (math.prod(xs[s:e + 1]),) + xs[e + 1:]
         y = x.reshape(shape)
         self._save(kernels=kernels, x_shape=tuple(x.shape), y_shape=tuple(y.shape))
         return y
@@ -302,10 +303,11 @@ class Linear(_Layer):
 
     def forward(self, x):
         kernels, x = self._input(x, None, self.dtype)
-        if len(x.shape) == 0 or int(x.shape[-1]) != self.in_features:
+        shape = tuple(int(d) for d in x.shape)
+        if len(shape) == 0 or shape[-1] != self.in_features:
             raise ValueError(f"Linear expected x with last dimension {self.in_features} (in_features), "
-                             f"got shape {tuple(x.shape)}")
-        lead = tuple(x.shape[:-1])
+                             f"got shape {shape}")
+        lead = shape[:-1]
         x2 = x.reshape((math.prod(int(d) for d in lead), self.in_features))
         y = kernels.linear_forward(x2, self.weight.data, None if self.bias is None else self.bias.data)
         y = y.reshape(lead + (self.out_features,))
