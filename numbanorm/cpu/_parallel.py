@@ -1,7 +1,19 @@
-"""Settings shared by every CPU kernel, and the switch to one thread for small inputs."""
-import functools
+"""Settings shared by every CPU kernel.
 
-import numba
+Kernel shape: each kernel is a small `njit` task function (the work of task t) and a driver
+that runs the tasks either on the calling thread (`range`) or on the thread pool (`prange`):
+
+    @njit(parallel=True, cache=True, fastmath=FASTMATH)
+    def _kernel(..., serial):
+        if serial:
+            for t in range(T): _task(t, ...)
+        else:
+            for t in prange(T): _task(t, ...)
+
+The serial branch never wakes the pool: for small inputs that wake-up costs more than a second
+core saves (microseconds on an idle machine, milliseconds on a busy one). Both branches run
+the same tasks with the same partial sums, so they give the same bits.
+"""
 
 # reassoc lets LLVM vectorise the reductions (float64 sums of float32 data stay bandwidth-bound);
 # no nnan/ninf, so NaN still propagates to the channel that holds it.
@@ -14,24 +26,10 @@ FASTMATH = {"reassoc", "contract"}
 # their partial sums are merged in a fixed order: results are bitwise the same for any count.
 TASK_SIZE = 16384
 
-# Below this many elements a call runs its kernels on the calling thread alone: waking the
-# thread pool costs microseconds on an idle machine and milliseconds on a busy one, more than
-# a second core can save on so little data. Same kernels, same tasks, so the same bits.
+# Inputs with fewer elements than this run serially (see above).
 SERIAL_BELOW = 1 << 16
 
 
-def serial_when_small(fn):
-    """Run fn(x, ...) with one Numba thread when x has fewer than SERIAL_BELOW elements."""
-
-    @functools.wraps(fn)
-    def wrapper(x, *args):
-        if x.size >= SERIAL_BELOW:
-            return fn(x, *args)
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return fn(x, *args)
-        finally:
-            numba.set_num_threads(threads)
-
-    return wrapper
+def serial(x):
+    """Whether a kernel over x should run on the calling thread only."""
+    return x.size < SERIAL_BELOW

@@ -10,7 +10,7 @@ fixed order, so results are bitwise identical on every run and for every thread 
 import numpy as np
 from numba import njit, prange
 
-from ._parallel import FASTMATH, TASK_SIZE, serial_when_small
+from ._parallel import FASTMATH, TASK_SIZE, serial
 
 
 def _grid(N, S):
@@ -20,88 +20,83 @@ def _grid(N, S):
     return samples, spatial
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _plane_partials(x, center, dy, samples, spatial, p1, p2):
-    """Per-task partial sums over tasks (sample block b, channel c, spatial block k).
+# ---------------------------------------------------------------- reductions
 
-    Without dy: p1 = sum(x - center[c]), p2 = sum((x - center[c])**2).
-    With dy (dy.shape == x.shape): p1 = sum(dy), p2 = sum(dy * (x - center[c])).
+@njit(cache=True, fastmath=FASTMATH)
+def _plane_task(t, x, center, dy, samples, spatial, p1, p2):
+    """Task t = (sample block b, channel c, spatial block k) of an (N, C, S) reduction.
+
+    Without dy (dy has no rows): p1 = sum(x - center[c]), p2 = sum((x - center[c])**2).
+    With dy: p1 = sum(dy), p2 = sum(dy * (x - center[c])).
     """
     N, C, S = x.shape
-    nb, _, nk = p1.shape
-    with_dy = dy.shape[0] == N
-    for t in prange(nb * C * nk):
-        k = t % nk
-        c = (t // nk) % C
-        b = t // (nk * C)
-        n0 = b * samples
-        n1 = min(N, n0 + samples)
-        s0 = k * spatial
-        s1 = min(S, s0 + spatial)
-        m = center[c]
-        a1 = 0.0
-        a2 = 0.0
-        for n in range(n0, n1):
-            xv = x[n, c, s0:s1]
-            if with_dy:
-                gv = dy[n, c, s0:s1]
-                for s in range(xv.size):
-                    g = np.float64(gv[s])
-                    a1 += g
-                    a2 += g * (np.float64(xv[s]) - m)
-            else:
-                for s in range(xv.size):
-                    d = np.float64(xv[s]) - m
-                    a1 += d
-                    a2 += d * d
-        p1[b, c, k] = a1
-        p2[b, c, k] = a2
+    nk = p1.shape[2]
+    k = t % nk
+    c = (t // nk) % C
+    b = t // (nk * C)
+    s0 = k * spatial
+    s1 = min(S, s0 + spatial)
+    m = center[c]
+    a1 = 0.0
+    a2 = 0.0
+    for n in range(b * samples, min(N, (b + 1) * samples)):
+        xv = x[n, c, s0:s1]
+        if dy.shape[0] == N:
+            gv = dy[n, c, s0:s1]
+            for s in range(xv.size):
+                g = np.float64(gv[s])
+                a1 += g
+                a2 += g * (np.float64(xv[s]) - m)
+        else:
+            for s in range(xv.size):
+                d = np.float64(xv[s]) - m
+                a1 += d
+                a2 += d * d
+    p1[b, c, k] = a1
+    p2[b, c, k] = a2
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _column_task(b, x, center, dy, samples, p1, p2):
+    """The S == 1 case: task b sums rows [b*samples, (b+1)*samples) of an (N, C) array, so the
+    inner loop runs along contiguous channels."""
+    N, C = x.shape
+    a1 = p1[b, :, 0]
+    a2 = p2[b, :, 0]
+    a1[:] = 0.0
+    a2[:] = 0.0
+    for n in range(b * samples, min(N, (b + 1) * samples)):
+        xv = x[n]
+        if dy.shape[0] == N:
+            gv = dy[n]
+            for c in range(C):
+                g = np.float64(gv[c])
+                a1[c] += g
+                a2[c] += g * (np.float64(xv[c]) - center[c])
+        else:
+            for c in range(C):
+                d = np.float64(xv[c]) - center[c]
+                a1[c] += d
+                a2[c] += d * d
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _column_partials(x, center, dy, samples, p1, p2):
-    """The S == 1 case of _plane_partials: tasks are blocks of rows of an (N, C) array,
-    so the inner loop runs along contiguous channels."""
-    N, C = x.shape
-    nb = p1.shape[0]
-    with_dy = dy.shape[0] == N
-    for b in prange(nb):
-        a1 = np.zeros(C)
-        a2 = np.zeros(C)
-        for n in range(b * samples, min(N, (b + 1) * samples)):
-            xv = x[n]
-            if with_dy:
-                gv = dy[n]
-                for c in range(C):
-                    g = np.float64(gv[c])
-                    a1[c] += g
-                    a2[c] += g * (np.float64(xv[c]) - center[c])
-            else:
-                for c in range(C):
-                    d = np.float64(xv[c]) - center[c]
-                    a1[c] += d
-                    a2[c] += d * d
-        for c in range(C):
-            p1[b, c, 0] = a1[c]
-            p2[b, c, 0] = a2[c]
-
-
-def _partial_sums(x, center, dy):
-    N, C, S = x.shape
-    dy_or_empty = dy if dy is not None else np.empty((0, C, S), x.dtype)
-    if S == 1:
-        samples = max(1, TASK_SIZE // max(C, 1))
-        nb = -(-N // samples)
-        p1 = np.empty((nb, C, 1))
-        p2 = np.empty((nb, C, 1))
-        _column_partials(x[:, :, 0], center, dy_or_empty[:, :, 0], samples, p1, p2)
+def _partials(x, center, dy, samples, spatial, p1, p2, serial):
+    nb, C, nk = p1.shape
+    if x.shape[2] == 1:
+        x2, dy2 = x[:, :, 0], dy[:, :, 0]
+        if serial:
+            for b in range(nb):
+                _column_task(b, x2, center, dy2, samples, p1, p2)
+        else:
+            for b in prange(nb):
+                _column_task(b, x2, center, dy2, samples, p1, p2)
+    elif serial:
+        for t in range(nb * C * nk):
+            _plane_task(t, x, center, dy, samples, spatial, p1, p2)
     else:
-        samples, spatial = _grid(N, S)
-        nb, nk = -(-N // samples), -(-S // spatial)
-        p1 = np.empty((nb, C, nk))
-        p2 = np.empty((nb, C, nk))
-        _plane_partials(x, center, dy_or_empty, samples, spatial, p1, p2)
-    return _merge(p1), _merge(p2)
+        for t in prange(nb * C * nk):
+            _plane_task(t, x, center, dy, samples, spatial, p1, p2)
 
 
 @njit(cache=True)
@@ -116,7 +111,20 @@ def _merge(p):
     return out
 
 
-@serial_when_small
+def _partial_sums(x, center, dy):
+    """Per-channel float64 (p1, p2) sums of _plane_task over the whole (N, C, S) array."""
+    N, C, S = x.shape
+    if S == 1:
+        samples, spatial = max(1, TASK_SIZE // max(C, 1)), 1
+    else:
+        samples, spatial = _grid(N, S)
+    shape = (-(-N // samples), C, -(-S // spatial))
+    p1, p2 = np.empty(shape), np.empty(shape)
+    no_dy = np.empty((0, C, S), x.dtype)
+    _partials(x, center, no_dy if dy is None else dy, samples, spatial, p1, p2, serial(x))
+    return _merge(p1), _merge(p2)
+
+
 def stats(x):
     """Per-channel mean and biased variance (float64, shape (C,)) of an (N, C, S) array.
 
@@ -126,60 +134,104 @@ def stats(x):
     N, C, S = x.shape
     center = x[0, :, 0].astype(np.float64)
     s1, s2 = _partial_sums(x, center, None)
-    count = N * S
+    return _mean_var(center, s1, s2, N * S)
+
+
+@njit(cache=True)
+def _mean_var(center, s1, s2, count):
     d = s1 / count
-    var = np.maximum(s2 / count - d * d, 0.0)
-    return center + d, var
+    return center + d, np.maximum(s2 / count - d * d, 0.0)
+
+
+# ---------------------------------------------------------------- elementwise passes
+
+@njit(cache=True, fastmath=FASTMATH)
+def _affine_task(t, u, center, scale, offset, out):
+    """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]; for S == 1, row n."""
+    N, C, S = u.shape
+    if S == 1:
+        uv, ov = u[t, :, 0], out[t, :, 0]
+        for c in range(C):
+            ov[c] = (np.float64(uv[c]) - center[c]) * scale[c] + offset[c]
+    else:
+        n, c = t // C, t % C
+        m, a, b = center[c], scale[c], offset[c]
+        uv, ov = u[n, c], out[n, c]
+        for s in range(S):
+            ov[s] = (np.float64(uv[s]) - m) * a + b
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _affine(u, center, scale, offset, out):
+def _affine(u, center, scale, offset, out, serial):
     N, C, S = u.shape
-    if S == 1:
-        for n in prange(N):
-            uv = u[n, :, 0]
-            ov = out[n, :, 0]
-            for c in range(C):
-                ov[c] = (np.float64(uv[c]) - center[c]) * scale[c] + offset[c]
+    T = N if S == 1 else N * C
+    if serial:
+        for t in range(T):
+            _affine_task(t, u, center, scale, offset, out)
     else:
-        for t in prange(N * C):
-            n = t // C
-            c = t % C
-            m = center[c]
-            a = scale[c]
-            b = offset[c]
-            uv = u[n, c]
-            ov = out[n, c]
-            for s in range(S):
-                ov[s] = (np.float64(uv[s]) - m) * a + b
+        for t in prange(T):
+            _affine_task(t, u, center, scale, offset, out)
 
 
 def affine(u, center, scale, offset):
     """out[n, c, s] = (u[n, c, s] - center[c]) * scale[c] + offset[c]; float64 (C,) coefficients."""
     out = np.empty_like(u)
-    _affine(u, center, scale, offset, out)
+    _affine(u, center, scale, offset, out, serial(u))
     return out
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward_dx(x, dy, mean, a, b, d, dx):
+@njit(cache=True, fastmath=FASTMATH)
+def _dx_task(t, x, dy, mean, a, b, d, dx):
+    """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d."""
     N, C, S = x.shape
     if S == 1:
-        for n in prange(N):
-            xv, gv, ov = x[n, :, 0], dy[n, :, 0], dx[n, :, 0]
-            for c in range(C):
-                ov[c] = a[c] * np.float64(gv[c]) + b[c] * (np.float64(xv[c]) - mean[c]) + d[c]
+        xv, gv, ov = x[t, :, 0], dy[t, :, 0], dx[t, :, 0]
+        for c in range(C):
+            ov[c] = a[c] * np.float64(gv[c]) + b[c] * (np.float64(xv[c]) - mean[c]) + d[c]
     else:
-        for t in prange(N * C):
-            n = t // C
-            c = t % C
-            ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
-            xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
-            for s in range(S):
-                ov[s] = ac * np.float64(gv[s]) + bc * (np.float64(xv[s]) - mc) + dc
+        n, c = t // C, t % C
+        ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
+        xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
+        for s in range(S):
+            ov[s] = ac * np.float64(gv[s]) + bc * (np.float64(xv[s]) - mc) + dc
 
 
-@serial_when_small
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _backward_dx(x, dy, mean, a, b, d, dx, serial):
+    N, C, S = x.shape
+    T = N if S == 1 else N * C
+    if serial:
+        for t in range(T):
+            _dx_task(t, x, dy, mean, a, b, d, dx)
+    else:
+        for t in prange(T):
+            _dx_task(t, x, dy, mean, a, b, d, dx)
+
+
+# ---------------------------------------------------------------- per-channel math
+
+@njit(cache=True)
+def _update_running(running_mean, running_var, mean, var, momentum, count):
+    """running = (1 - momentum) * running + momentum * batch, with the unbiased variance."""
+    unbias = count / (count - 1)
+    for c in range(mean.size):
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var[c] * unbias
+
+
+@njit(cache=True)
+def _normalize_coefficients(var, eps, weight, bias):
+    """(rstd, scale, offset) so that y = (x - mean) * scale + offset."""
+    rstd = 1.0 / np.sqrt(var + eps)
+    scale = rstd.copy()
+    offset = np.zeros(var.size)
+    if weight is not None:
+        scale *= weight
+    if bias is not None:
+        offset[:] = bias
+    return rstd, scale, offset
+
+
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):
     """BatchNorm forward on an (N, C, S) array.
 
@@ -192,28 +244,29 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     if training:
         mean, var = stats(x)
         if running_mean is not None:
-            count = N * S
-            running_mean *= 1.0 - momentum
-            running_mean += (momentum * mean).astype(running_mean.dtype)
-            running_var *= 1.0 - momentum
-            running_var += (momentum * var * (count / (count - 1))).astype(running_var.dtype)
+            _update_running(running_mean, running_var, mean, var, momentum, N * S)
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd = 1.0 / np.sqrt(var + eps)
-    scale = rstd * weight if weight is not None else rstd
-    offset = bias.astype(np.float64) if bias is not None else np.zeros(C)
+    rstd, scale, offset = _normalize_coefficients(var, eps, weight, bias)
     return affine(x, mean, scale, offset), mean, rstd
 
 
-@serial_when_small
 def backward_sums(x, dy, mean):
     """Per-channel float64 (sum(dy), sum(dy * (x - mean))) of (N, C, S) arrays: the two
     reductions of the backward (SyncBatchNorm allreduces them across ranks)."""
     return _partial_sums(x, mean, dy)
 
 
-@serial_when_small
+@njit(cache=True)
+def _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count):
+    """(a, b, d) of dx = a*dy + b*(x - mean) + d for a training-mode backward."""
+    a = rstd.copy()
+    if weight is not None:
+        a *= weight
+    return a, -a * rstd * rstd * sum_dy_xmu / count, -a * sum_dy / count
+
+
 def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, count):
     """BatchNorm backward given the reductions over `count` values per channel.
 
@@ -222,15 +275,14 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
         dx = w*rstd * (dy - sum_dy/count - (x - mean)*rstd^2 * sum_dy_xmu/count);
     otherwise they were constants: dx = w*rstd*dy.
     """
-    C = x.shape[1]
+    a, b, d = _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count)
     dweight = sum_dy_xmu * rstd
-    dbias = sum_dy
-    k = rstd * weight if weight is not None else rstd
     if not training:
-        return affine(dy, np.zeros(C), k, np.zeros(C)), dweight, dbias
+        zeros = np.zeros(x.shape[1])
+        return affine(dy, zeros, a, zeros), dweight, sum_dy
     dx = np.empty_like(x)
-    _backward_dx(x, dy, mean, k, -k * rstd * rstd * sum_dy_xmu / count, -k * sum_dy / count, dx)
-    return dx, dweight, dbias
+    _backward_dx(x, dy, mean, a, b, d, dx, serial(x))
+    return dx, dweight, sum_dy
 
 
 def backward(x, dy, mean, rstd, weight, training):
