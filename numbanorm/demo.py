@@ -455,6 +455,8 @@ def _run(args, comm):
         + (f" momentum={args.momentum}" if args.optimizer == "sgd" else "")
         + f", batch {args.batch_size}, {args.epochs} epoch(s), norms: {', '.join(args.norms)}"
         + (f", {comm.Get_size()} MPI ranks" if comm is not None else ""))
+    log("(the first run after installing compiles numbanorm's Numba kernels, which can take a few "
+        "minutes on a small machine; they are cached for later runs)")
     runs, status = [], 0
     t_start = time.perf_counter()
     for norm in args.norms:
