@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with process CPU time (robust on a shared machine; use with --threads 1)")
+    ap.add_argument("--only", choices=["numbanorm", "torch"], help="time one side only")
     ap.add_argument("--profile", action="store_true", help="time each layer's forward/backward")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -42,7 +43,7 @@ def main():
     def ours():
         opt.zero_grad()
         loss = crit.forward(model.forward(x), labels)
-        model.backward(crit.backward())
+        model.backward(crit.backward(), input_grad=False)  # torch: x.requires_grad is False
         opt.step()
         return loss
 
@@ -84,11 +85,17 @@ def main():
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus; "
           f"clock {'process CPU time' if args.cpu_time else 'wall'}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}")
-    (ours_med, ours_min), (th_med, th_min) = timeit([ours, theirs])
-    for name, med, mn in (("numbanorm", ours_med, ours_min), ("torch", th_med, th_min)):
+    sides = [("numbanorm", ours), ("torch", theirs)]
+    if args.only:
+        sides = [s for s in sides if s[0] == args.only]
+    results = timeit([fn for _, fn in sides])
+    for (name, _), (med, mn) in zip(sides, results):
         print(f"{name:9s}: median {med * 1e3:7.2f} ms/step ({B / med:6.0f} images/s), "
               f"min {mn * 1e3:7.2f} ms/step ({B / mn:6.0f} images/s)")
-    print(f"speed-up (torch time / numbanorm time): median {th_med / ours_med:.2f}x, min {th_min / ours_min:.2f}x")
+    if len(results) == 2:
+        (ours_med, ours_min), (th_med, th_min) = results
+        print(f"speed-up (torch time / numbanorm time): median {th_med / ours_med:.2f}x, "
+              f"min {th_min / ours_min:.2f}x")
 
     if args.profile:
         times = {}

@@ -422,3 +422,18 @@ def test_default_init_distribution_matches_torch_bounds(torch_mod):
     ours = nn.Conv2d(32, 64, 3, rng=0)
     # same bound: max |w| of 18432 uniform draws is within 0.1% of the bound for both
     np.testing.assert_allclose(np.abs(ours.weight.data).max(), t.weight.abs().max().item(), rtol=2e-3)
+
+
+def test_input_grad_false_skips_dx_but_keeps_param_grads():
+    a, b = reference_model(np.float64), reference_model(np.float64)
+    x = RNG.standard_normal((2, 1, 8, 8))
+    dy = RNG.standard_normal((2, 3))
+    a.forward(x)
+    b.forward(x)
+    assert a.backward(dy).shape == x.shape
+    assert b.backward(dy, input_grad=False) is None
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_allclose(pb.grad, pa.grad, rtol=1e-12, err_msg=name)
+    lin = nn.Linear(3, 2, dtype=np.float64, rng=0)
+    lin.forward(np.ones((4, 3)))
+    assert lin.backward(np.ones((4, 2)), input_grad=False) is None and lin.weight.grad is not None

@@ -132,11 +132,15 @@ class Conv2d(_Layer):
         self._save(kernels=kernels, x_shape=tuple(x.shape), cols=cols, y_shape=tuple(y.shape))
         return y
 
-    def backward(self, dy):
+    _takes_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        """dx (None when input_grad=False: skips the dcols gemm and col2im, e.g. for a first
+        layer whose input is data); the weight and bias gradients are accumulated."""
         s = self._take_saved(dy)
         dy = s["kernels"].contiguous(dy)
         dx, dweight, dbias = s["kernels"].conv2d_backward(dy, s["x_shape"], s["cols"], self.weight.data,
-                                                          self.stride, self.padding)
+                                                          self.stride, self.padding, input_grad)
         self._accumulate_grad(self.weight, dweight)
         if self.bias is not None:
             self._accumulate_grad(self.bias, dbias)
@@ -314,14 +318,17 @@ class Linear(_Layer):
         self._save(kernels=kernels, x2=x2, x_shape=tuple(x.shape), y_shape=tuple(y.shape))
         return y
 
-    def backward(self, dy):
+    _takes_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        """dx (None when input_grad=False); the weight and bias gradients are accumulated."""
         s = self._take_saved(dy)
         dy2 = s["kernels"].contiguous(dy).reshape((int(s["x2"].shape[0]), self.out_features))
-        dx, dweight, dbias = s["kernels"].linear_backward(dy2, s["x2"], self.weight.data)
+        dx, dweight, dbias = s["kernels"].linear_backward(dy2, s["x2"], self.weight.data, input_grad)
         self._accumulate_grad(self.weight, dweight)
         if self.bias is not None:
             self._accumulate_grad(self.bias, dbias)
-        return dx.reshape(s["x_shape"])
+        return None if dx is None else dx.reshape(s["x_shape"])
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -361,9 +368,19 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self._modules.values()):
-            dy = layer.backward(dy)
+    _takes_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        """Backward through every layer in reverse; returns dx. input_grad=False (the input is
+        data, as in a training loop) lets a first Conv2d/Linear skip computing dx; then the
+        result may be None."""
+        layers = list(self._modules.values())
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            if i == 0 and not input_grad and getattr(layer, "_takes_input_grad", False):
+                dy = layer.backward(dy, input_grad=False)
+            else:
+                dy = layer.backward(dy)
         return dy
 
     def __repr__(self):
