@@ -10,6 +10,7 @@ fixed order, so results are bitwise identical on every run and for every thread 
 import numpy as np
 from numba import njit, prange
 
+from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
 
 
@@ -175,7 +176,7 @@ def _affine(u, center, scale, offset, out, serial):
 
 def affine(u, center, scale, offset):
     """out[n, c, s] = (u[n, c, s] - center[c]) * scale[c] + offset[c]; float64 (C,) coefficients."""
-    out = np.empty_like(u)
+    out = _memory.empty_like(u)
     _affine(u, center, scale, offset, out, serial(u))
     return out
 
@@ -280,7 +281,7 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
     if not training:
         zeros = np.zeros(x.shape[1])
         return affine(dy, zeros, a, zeros), dweight, sum_dy
-    dx = np.empty_like(x)
+    dx = _memory.empty_like(x)
     _backward_dx(x, dy, mean, a, b, d, dx, serial(x))
     return dx, dweight, sum_dy
 

@@ -13,6 +13,7 @@ row back to back, so the second pass reads the row from cache, not memory.
 import numpy as np
 from numba import njit, prange
 
+from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
 
 
@@ -75,7 +76,7 @@ def forward(x, weight, bias, G, Cg, S, eps):
     Returns (y, mean, rstd); mean and rstd are float64 of shape (R,).
     """
     R, M = x.shape
-    y = np.empty_like(x)
+    y = _memory.empty_like(x)
     mean = np.empty(R)
     rstd = np.empty(R)
     _forward(x, weight, bias, G, Cg, S, eps, _rows_per_task(M), y, mean, rstd, serial(x))
@@ -171,7 +172,7 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     R, M = x.shape
     rows_per_task = _rows_per_task(M)
     ntask = -(-R // rows_per_task)
-    dx = np.empty_like(x)
+    dx = _memory.empty_like(x)
     part_dw = np.empty((ntask, G * Cg))
     part_db = np.empty((ntask, G * Cg))
     _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db, serial(x))
