@@ -23,11 +23,11 @@ def _grid(N, S):
 
 # ---------------------------------------------------------------- reductions
 
-@njit(cache=True, fastmath=FASTMATH)
-def _plane_task(t, x, center, dy, samples, spatial, p1, p2):
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
     """Task t = (sample block b, channel c, spatial block k) of an (N, C, S) reduction.
 
-    Without dy (dy has no rows): p1 = sum(x - center[c]), p2 = sum((x - center[c])**2).
+    Without dy: p1 = sum(x - center[c]), p2 = sum((x - center[c])**2).
     With dy: p1 = sum(dy), p2 = sum(dy * (x - center[c])).
     """
     N, C, S = x.shape
@@ -42,7 +42,7 @@ def _plane_task(t, x, center, dy, samples, spatial, p1, p2):
     a2 = 0.0
     for n in range(b * samples, min(N, (b + 1) * samples)):
         xv = x[n, c, s0:s1]
-        if dy.shape[0] == N:
+        if with_dy:
             gv = dy[n, c, s0:s1]
             for s in range(xv.size):
                 g = np.float64(gv[s])
@@ -57,8 +57,8 @@ def _plane_task(t, x, center, dy, samples, spatial, p1, p2):
     p2[b, c, k] = a2
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _column_task(b, x, center, dy, samples, p1, p2):
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
     """The S == 1 case: task b sums rows [b*samples, (b+1)*samples) of an (N, C) array, so the
     inner loop runs along contiguous channels."""
     N, C = x.shape
@@ -68,7 +68,7 @@ def _column_task(b, x, center, dy, samples, p1, p2):
     a2[:] = 0.0
     for n in range(b * samples, min(N, (b + 1) * samples)):
         xv = x[n]
-        if dy.shape[0] == N:
+        if with_dy:
             gv = dy[n]
             for c in range(C):
                 g = np.float64(gv[c])
@@ -82,22 +82,28 @@ def _column_task(b, x, center, dy, samples, p1, p2):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _partials(x, center, dy, samples, spatial, p1, p2, serial):
-    nb, C, nk = p1.shape
-    if x.shape[2] == 1:
+def _channel_sums(x, center, dy, with_dy, samples, spatial, serial):
+    """Per-channel float64 (p1, p2) sums of the tasks above over the whole (N, C, S) array,
+    partials merged in a fixed order."""
+    N, C, S = x.shape
+    nb, nk = -(-N // samples), -(-S // spatial)
+    p1 = np.empty((nb, C, nk))
+    p2 = np.empty((nb, C, nk))
+    if S == 1:
         x2, dy2 = x[:, :, 0], dy[:, :, 0]
         if serial:
             for b in range(nb):
-                _column_task(b, x2, center, dy2, samples, p1, p2)
+                _column_task(b, x2, center, dy2, with_dy, samples, p1, p2)
         else:
             for b in prange(nb):
-                _column_task(b, x2, center, dy2, samples, p1, p2)
+                _column_task(b, x2, center, dy2, with_dy, samples, p1, p2)
     elif serial:
         for t in range(nb * C * nk):
-            _plane_task(t, x, center, dy, samples, spatial, p1, p2)
+            _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2)
     else:
         for t in prange(nb * C * nk):
-            _plane_task(t, x, center, dy, samples, spatial, p1, p2)
+            _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2)
+    return _merge(p1), _merge(p2)
 
 
 @njit(cache=True)
@@ -113,17 +119,13 @@ def _merge(p):
 
 
 def _partial_sums(x, center, dy):
-    """Per-channel float64 (p1, p2) sums of _plane_task over the whole (N, C, S) array."""
+    """_channel_sums with the task grid for x's shape; dy=None sums x's shifted moments."""
     N, C, S = x.shape
     if S == 1:
         samples, spatial = max(1, TASK_SIZE // max(C, 1)), 1
     else:
         samples, spatial = _grid(N, S)
-    shape = (-(-N // samples), C, -(-S // spatial))
-    p1, p2 = np.empty(shape), np.empty(shape)
-    no_dy = np.empty((0, C, S), x.dtype)
-    _partials(x, center, no_dy if dy is None else dy, samples, spatial, p1, p2, serial(x))
-    return _merge(p1), _merge(p2)
+    return _channel_sums(x, center, x if dy is None else dy, dy is not None, samples, spatial, serial(x))
 
 
 def stats(x):
@@ -146,7 +148,7 @@ def _mean_var(center, s1, s2, count):
 
 # ---------------------------------------------------------------- elementwise passes
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _affine_task(t, u, center, scale, offset, out):
     """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]; for S == 1, row n."""
     N, C, S = u.shape
@@ -181,7 +183,7 @@ def affine(u, center, scale, offset):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dx_task(t, x, dy, mean, a, b, d, dx):
     """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d."""
     N, C, S = x.shape
@@ -212,25 +214,33 @@ def _backward_dx(x, dy, mean, a, b, d, dx, serial):
 # ---------------------------------------------------------------- per-channel math
 
 @njit(cache=True)
-def _update_running(running_mean, running_var, mean, var, momentum, count):
-    """running = (1 - momentum) * running + momentum * batch, with the unbiased variance."""
-    unbias = count / (count - 1)
-    for c in range(mean.size):
-        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
-        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var[c] * unbias
+def _forward_coefficients(center, s1, s2, count, eps, weight, bias, running_mean, running_var, momentum):
+    """(mean, rstd, scale, offset) so that y = (x - mean) * scale + offset.
 
-
-@njit(cache=True)
-def _normalize_coefficients(var, eps, weight, bias):
-    """(rstd, scale, offset) so that y = (x - mean) * scale + offset."""
-    rstd = 1.0 / np.sqrt(var + eps)
-    scale = rstd.copy()
-    offset = np.zeros(var.size)
-    if weight is not None:
-        scale *= weight
-    if bias is not None:
-        offset[:] = bias
-    return rstd, scale, offset
+    count > 0: s1, s2 are a batch's per-channel sums of (x - center) and its square over count
+    values; running_mean / running_var, unless None, get the update (unbiased variance).
+    count == 0: s1, s2 are the mean and variance to normalize with (eval mode).
+    """
+    C = s1.size
+    mean = np.empty(C)
+    rstd = np.empty(C)
+    scale = np.empty(C)
+    offset = np.zeros(C)
+    for c in range(C):
+        if count > 0:
+            d = s1[c] / count
+            m, var = center[c] + d, max(s2[c] / count - d * d, 0.0)
+        else:
+            m, var = s1[c], s2[c]
+        if running_mean is not None:
+            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * m
+            running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * (count / (count - 1))
+        mean[c] = m
+        rstd[c] = 1.0 / np.sqrt(var + eps)
+        scale[c] = rstd[c] if weight is None else rstd[c] * weight[c]
+        if bias is not None:
+            offset[c] = bias[c]
+    return mean, rstd, scale, offset
 
 
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):
@@ -243,13 +253,14 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     """
     N, C, S = x.shape
     if training:
-        mean, var = stats(x)
-        if running_mean is not None:
-            _update_running(running_mean, running_var, mean, var, momentum, N * S)
+        center = x[0, :, 0].astype(np.float64)
+        s1, s2 = _partial_sums(x, center, None)
+        coefficients = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
+                                             running_mean, running_var, momentum)
     else:
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
-    rstd, scale, offset = _normalize_coefficients(var, eps, weight, bias)
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+        coefficients = _forward_coefficients(mean, mean, var, 0, eps, weight, bias, None, None, 0.0)
+    mean, rstd, scale, offset = coefficients
     return affine(x, mean, scale, offset), mean, rstd
 
 

@@ -21,7 +21,7 @@ def _rows_per_task(M):
     return max(1, TASK_SIZE // max(M, 1))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
     """Row r: statistics, then normalize and apply the affine (the row is still in cache)."""
     M = x.shape[1]
@@ -83,7 +83,7 @@ def forward(x, weight, bias, G, Cg, S, eps):
     return y, mean, rstd
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db):
     """Rows of task t: dx, plus this task's partial sums of dweight/dbias in part_*[t]."""
     R, M = x.shape
