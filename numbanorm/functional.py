@@ -26,13 +26,12 @@ from . import _validate as check
 class Saved:
     """What a backward needs from its forward. Statistics are float64 of shape (rows,) or (C,)."""
 
-    __slots__ = ("backend", "family", "shape", "dtype", "x", "mean", "rstd", "weight",
-                 "has_weight", "has_bias", "param_shape", "training", "groups", "channels_per_group",
-                 "spatial")
+    backend = family = shape = dtype = x = mean = rstd = weight = None
+    has_weight = has_bias = training = False
+    param_shape = groups = channels_per_group = spatial = None
 
     def __init__(self, **fields):
-        for k in self.__slots__:
-            setattr(self, k, fields.get(k))
+        self.__dict__.update(fields)
 
 
 def _prod(dims):
