@@ -23,6 +23,8 @@ def main():
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
+    # as numbanorm-demo does (see numbanorm/demo.py); applies to both frameworks in this process
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numpy as np
 
     import numbanorm.nn as nn
@@ -84,7 +86,8 @@ def main():
     print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; batch {B}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus; "
           f"clock {'process CPU time' if args.cpu_time else 'wall'}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     sides = [("numbanorm", ours), ("torch", theirs)]
     if args.only:
         sides = [s for s in sides if s[0] == args.only]
