@@ -28,7 +28,7 @@ import numpy as np
 
 NORMS = ("batch", "layer", "group", "instance", "none")
 GROUPS = 8  # GroupNorm groups for --norm group
-DEFAULT_EPOCHS = 2
+DEFAULT_EPOCHS = 3
 
 NORM_HELP = {
     "batch": "BatchNorm2d(C)",
@@ -383,7 +383,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=_positive(int), default=128, help="(default: 128)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="(default: sgd)")
     p.add_argument("--lr", type=_positive(float), default=None,
-                   help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
+                   help="learning rate (default: 0.01 for sgd, where the norms differ most; 0.001 for adam)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for initial weights and batch order, the same for every norm (default: 0)")
@@ -415,7 +415,8 @@ def parse_args(argv=None):
     if not args.norms:
         p.error("--norm: no normalization given")
     if args.lr is None:
-        args.lr = 0.05 if args.optimizer == "sgd" else 0.001
+        # SGD 0.01: where normalization's effect shows (at the reference 0.05 both do well)
+        args.lr = 0.01 if args.optimizer == "sgd" else 0.001
     if args.download and args.dataset != "mnist":
         p.error("--download only applies to --dataset mnist")
     if args.plot:

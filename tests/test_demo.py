@@ -101,7 +101,7 @@ def test_bad_arguments_exit_with_usage_errors(capsys):
 
 
 def test_lr_defaults_follow_the_optimizer():
-    assert demo.parse_args([]).lr == 0.05
+    assert demo.parse_args([]).lr == 0.01
     assert demo.parse_args(["--optimizer", "adam"]).lr == 0.001
     assert demo.parse_args(["--optimizer", "adam", "--lr", "0.01"]).lr == 0.01
 
