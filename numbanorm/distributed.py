@@ -46,7 +46,6 @@ import traceback
 import numpy as np
 
 from . import _backend
-from . import _validate as check
 
 
 def _mpi():
@@ -196,11 +195,7 @@ def sync_batch_norm_backward(dy, saved):
     if not isinstance(saved, SyncSaved):
         raise TypeError("saved must be the second value returned by sync_batch_norm")
     be = saved.backend
-    be_dy, a = _backend.select(dy=dy)
-    if be_dy is not be:
-        raise ValueError(f"dy is on {be_dy.name} but the forward ran on {be.name}")
-    dy = a["dy"]
-    check.grad_output(dy, saved.shape, saved.dtype)
+    dy = F._grad_output(dy, saved)
     C = saved.shape[1]
     local = np.zeros((2, C))
     if saved.x is not None:

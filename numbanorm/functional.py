@@ -200,15 +200,20 @@ def instance_norm_backward(dy, saved):
 
 # ---------------------------------------------------------------- shared backward
 
+def _grad_output(dy, saved):
+    """dy as the forward's backend computes on it, checked against the forward's output."""
+    be_dy, a = _backend.select(dy=dy)
+    if be_dy is not saved.backend:
+        raise ValueError(f"dy is on {be_dy.name} but the forward ran on {saved.backend.name}")
+    check.grad_output(a["dy"], saved.shape, saved.dtype)
+    return a["dy"]
+
+
 def _backward(dy, saved, family):
     if not isinstance(saved, Saved) or saved.family != family:
         raise TypeError("saved must be the second value returned by the matching forward")
     be = saved.backend
-    be_dy, a = _backend.select(dy=dy)
-    if be_dy is not be:
-        raise ValueError(f"dy is on {be_dy.name} but the forward ran on {be.name}")
-    dy = a["dy"]
-    check.grad_output(dy, saved.shape, saved.dtype)
+    dy = _grad_output(dy, saved)
     if saved.x is None:  # empty batch: zero parameter gradients
         zeros = lambda: be.full(saved.param_shape, 0.0, saved.dtype)
         return (be.empty(saved.shape, saved.dtype),
