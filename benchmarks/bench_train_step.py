@@ -8,6 +8,7 @@ linear(3136->128)-ReLU-linear(128->10) on 28x28 inputs.
 """
 import argparse
 import os
+import sys
 import time
 
 
@@ -27,6 +28,8 @@ def main():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numpy as np
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.test_trainer import ours_model, torch_model
     import numbanorm.nn as nn
     from numbanorm import optim
 
@@ -35,10 +38,7 @@ def main():
     x = rng.standard_normal((B, 1, 28, 28)).astype(np.float32)
     labels = rng.integers(0, 10, B)
 
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, rng=0), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1, rng=0), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128, rng=0), nn.ReLU(), nn.Linear(128, 10, rng=0))
+    model = ours_model()
     crit = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -51,10 +51,7 @@ def main():
 
     import torch
     torch.set_num_threads(args.threads)
-    tm = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    tm = torch_model(torch)
     topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
     tcrit = torch.nn.CrossEntropyLoss()
     xt, lt = torch.from_numpy(x), torch.from_numpy(labels)

@@ -51,7 +51,7 @@ def make_step(contender, x, labels):
         def step():
             opt.zero_grad()
             loss = crit.forward(model.forward(x), labels)
-            model.backward(crit.backward())
+            model.backward(crit.backward(), input_grad=False)  # as torch: x needs no grad
             opt.step()
             return float(loss)
 
