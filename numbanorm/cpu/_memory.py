@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 MIN_BYTES = 1 << 22  # below 4 MiB, np.empty is cheap enough
-MAX_BUFFERS = 16  # free buffers beyond this many are released, oldest first
+MAX_BUFFERS = 32  # idle buffers beyond this many are released, oldest first
 
 _pool = []
 _lock = threading.Lock()

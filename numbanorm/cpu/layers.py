@@ -17,6 +17,8 @@ channel) and sums in a fixed order, so results do not depend on the thread count
 import numpy as np
 from numba import njit, prange
 
+from . import _memory
+
 SERIAL_BELOW = 32768  # elements: smaller elementwise ops run serially (thread wake-up costs more)
 
 
@@ -107,12 +109,12 @@ def conv2d_forward(x, weight, bias, stride, padding):
     OH, OW = conv_out_size(H, KH, sh, ph), conv_out_size(W, KW, sw, pw)
     K, P = C * KH * KW, OH * OW
     Kb = K + (bias is not None)
-    cols = np.empty((N, Kb, P), x.dtype)
+    cols = _memory.empty((N, Kb, P), x.dtype)
     _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols)
     w2 = weight.reshape(O, K)
     if bias is not None:
         w2 = np.concatenate((w2, bias.reshape(O, 1)), axis=1)
-    y = np.empty((N, O, OH, OW), x.dtype)
+    y = _memory.empty((N, O, OH, OW), x.dtype)
     np.matmul(w2, cols, out=y.reshape(N, O, P))
     return y, cols
 
@@ -126,14 +128,14 @@ def conv2d_backward(dy, x_shape, cols, weight, stride, padding, need_dx=True):
     dy3 = dy.reshape(N, O, P)
     # dweight.T per sample: cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS than
     # dy[n] @ cols[n].T), then summed over the batch in float64 (NumPy's fixed-order reduction)
-    parts = np.matmul(cols, dy3.transpose(0, 2, 1))  # (N, Kb, O)
+    parts = np.matmul(cols, dy3.transpose(0, 2, 1), out=_memory.empty((N, Kb, O), dy.dtype))
     dwT = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype)  # (Kb, O)
     dweight = np.ascontiguousarray(dwT[:K].T).reshape(weight.shape)
     dbias = np.ascontiguousarray(dwT[K]) if Kb > K else None
     dx = None
     if need_dx:
-        dcols = np.matmul(weight.reshape(O, K).T, dy3)  # (N, K, P)
-        dx = np.empty(x_shape, dy.dtype)
+        dcols = np.matmul(weight.reshape(O, K).T, dy3, out=_memory.empty((N, K, P), dy.dtype))
+        dx = _memory.empty(x_shape, dy.dtype)
         _col2im(dcols, KH, KW, stride[0], stride[1], padding[0], padding[1], OH, OW, dx)
     return dx, dweight, dbias
 
@@ -203,14 +205,14 @@ def max_pool2d_forward(x, k, s):
     """x (N, C, H, W) -> (y (N, C, OH, OW), idx int32 argmax offsets within each plane)."""
     N, C, H, W = x.shape
     OH, OW = pool_out_size(H, k, s), pool_out_size(W, k, s)
-    y = np.empty((N, C, OH, OW), x.dtype)
-    idx = np.empty((N, C, OH, OW), np.int32)
+    y = _memory.empty((N, C, OH, OW), x.dtype)
+    idx = _memory.empty((N, C, OH, OW), np.int32)
     _max_pool(x, k, s, y, idx)
     return y, idx
 
 
 def max_pool2d_backward(dy, idx, x_shape, k, s):
-    dx = np.empty(x_shape, dy.dtype)
+    dx = _memory.empty(x_shape, dy.dtype)
     _max_pool_backward(dy, idx, dx)
     return dx
 
@@ -254,13 +256,13 @@ def _avg_pool_backward(dy, k, s, dx):
 def avg_pool2d_forward(x, k, s):
     """x (N, C, H, W) -> y (N, C, OH, OW), the mean of each k x k window (no padding)."""
     N, C, H, W = x.shape
-    y = np.empty((N, C, pool_out_size(H, k, s), pool_out_size(W, k, s)), x.dtype)
+    y = _memory.empty((N, C, pool_out_size(H, k, s), pool_out_size(W, k, s)), x.dtype)
     _avg_pool(x, k, s, y)
     return y
 
 
 def avg_pool2d_backward(dy, x_shape, k, s):
-    dx = np.empty(x_shape, dy.dtype)
+    dx = _memory.empty(x_shape, dy.dtype)
     _avg_pool_backward(dy, k, s, dx)
     return dx
 
@@ -295,14 +297,14 @@ def _relu_backward_s(dy, y, dx):
 
 def relu_forward(x):
     """y = max(x, 0) (any shape, C-contiguous)."""
-    y = np.empty_like(x)
+    y = _memory.empty_like(x)
     (_relu_p if x.size >= SERIAL_BELOW else _relu_s)(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def relu_backward(dy, y):
     """dx = dy where the forward output y > 0, else 0 (PyTorch's threshold_backward)."""
-    dx = np.empty_like(dy)
+    dx = _memory.empty_like(dy)
     (_relu_backward_p if dy.size >= SERIAL_BELOW else _relu_backward_s)(
         dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
@@ -346,14 +348,14 @@ def _dropout_backward(dy, mask, scale, dx):
 def dropout_forward(x, p, seed):
     """Zero each element with probability p and scale the rest by 1/(1-p).
     Returns (y, mask uint8 of x's shape). seed: a uint64 drawn by the layer per forward."""
-    y = np.empty_like(x)
-    mask = np.empty(x.shape, np.uint8)
+    y = _memory.empty_like(x)
+    mask = _memory.empty(x.shape, np.uint8)
     _dropout(x.reshape(-1), p, 1.0 / (1.0 - p), np.uint64(seed), y.reshape(-1), mask.reshape(-1))
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
-    dx = np.empty_like(dy)
+    dx = _memory.empty_like(dy)
     _dropout_backward(dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p), dx.reshape(-1))
     return dx
 
@@ -418,8 +420,8 @@ def cross_entropy_forward(logits, labels):
     """logits (M, K), labels (M,) int64 -> (summed loss as a Python float, probs (M, K),
     number of labels outside [0, K))."""
     M, K = logits.shape
-    probs = np.empty_like(logits)
-    losses = np.empty(M, np.float64)
+    probs = _memory.empty_like(logits)
+    losses = _memory.empty(M, np.float64)
     _xent(logits, labels, probs, losses)
     total, bad = _sum_losses(losses, K, labels)
     return float(total), probs, int(bad)
@@ -438,7 +440,7 @@ def _xent_backward(probs, labels, scale, dlogits):
 
 def cross_entropy_backward(probs, labels, scale):
     """dlogits = (softmax - onehot(labels)) * scale (scale = upstream grad / M)."""
-    dlogits = np.empty_like(probs)
+    dlogits = _memory.empty_like(probs)
     _xent_backward(probs, labels, scale, dlogits)
     return dlogits
 
