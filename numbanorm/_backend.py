@@ -36,10 +36,16 @@ def _describe(a):
     return f"{type(a).__module__}.{type(a).__qualname__}"
 
 
+def _cpu():
+    from . import cpu
+
+    return cpu
+
+
 def get(device):
     """The backend module for 'cpu' or 'cuda'."""
     if device == "cpu":
-        return importlib.import_module("numbanorm.cpu")
+        return _cpu()
     if device == "cuda":
         from . import cuda_support
 
@@ -54,6 +60,8 @@ def select(**arrays):
     Returns (backend, converted) where converted maps each name to the array the backend
     works on (foreign GPU arrays wrapped as Numba device arrays, zero-copy).
     """
+    if all(a is None or type(a) is np.ndarray for a in arrays.values()):  # the common case
+        return _cpu(), arrays
     placement = {}
     for name, a in arrays.items():
         if a is None:

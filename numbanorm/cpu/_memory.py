@@ -9,6 +9,7 @@ So large outputs are carved from pooled buffers, and a buffer is handed out agai
 array refers to it any more (its reference count is back to the pool's own): an output the
 caller still holds is never overwritten. Small arrays come from np.empty as usual.
 """
+import math
 import sys
 import threading
 
@@ -27,7 +28,7 @@ _IDLE_REFS = 3
 def empty(shape, dtype):
     """An uninitialized C-contiguous array, like np.empty."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = (math.prod(shape) if isinstance(shape, tuple) else int(shape)) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     with _lock:
