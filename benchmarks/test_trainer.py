@@ -13,7 +13,6 @@ import pytest
 from .common import info
 
 try:
-    from numbanorm import nn, optim
     from numbanorm.nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d,
                               ReLU, Sequential)
     from numbanorm.optim import SGD

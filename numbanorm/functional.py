@@ -17,7 +17,6 @@ the gradient, as it would for any framework that does not copy its inputs.
 """
 import math
 
-import numpy as np
 
 from . import _backend
 from . import _validate as check

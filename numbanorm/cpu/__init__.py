@@ -7,6 +7,8 @@ import numpy as np
 
 from . import channel_norm, row_norm
 
+# the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
+__all__ = ["name", "channel_norm", "row_norm", "wrap", "contiguous", "empty", "full", "cast", "add_"]
 name = "cpu"
 
 

@@ -19,6 +19,8 @@ from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests
 from . import channel_norm, row_norm
 from ._common import add_ as _add_, copy_cast
 
+# the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
+__all__ = ["name", "channel_norm", "row_norm", "wrap", "contiguous", "empty", "full", "cast", "add_", "to_device"]
 name = "cuda"
 
 

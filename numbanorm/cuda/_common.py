@@ -4,7 +4,7 @@ Determinism: every reduction has a fixed partition (a function of the shape and 
 only) and a fixed merge order, and no float atomics are used, so two runs agree bitwise.
 """
 import numpy as np
-from numba import cuda, float64
+from numba import cuda
 
 from . import config
 

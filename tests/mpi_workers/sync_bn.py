@@ -9,7 +9,6 @@ nn.BatchNorm1d/2d on the whole batch in one process, and writes the max abs diff
 """
 import argparse
 import json
-import sys
 
 import numpy as np
 from mpi4py import MPI
