@@ -27,7 +27,7 @@ FASTMATH = {"reassoc", "contract"}
 TASK_SIZE = 16384
 
 # Inputs with fewer elements than this run serially (see above).
-SERIAL_BELOW = 1 << 16
+SERIAL_BELOW = 1 << 14
 
 
 def serial(x):
