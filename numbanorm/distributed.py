@@ -116,17 +116,6 @@ def _global_stats(be, x3, comm):
 
 # ---------------------------------------------------------------- functional
 
-class SyncSaved:
-    """What sync_batch_norm_backward needs: the local x view, global statistics, the comm."""
-
-    __slots__ = ("backend", "shape", "dtype", "x", "mean", "rstd", "weight", "has_weight",
-                 "has_bias", "count", "comm", "training")
-
-    def __init__(self, **fields):
-        for k in self.__slots__:
-            setattr(self, k, fields.get(k))
-
-
 def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
                     training=True, momentum=0.1, eps=1e-5, comm=None):
     """BatchNorm whose training statistics are taken over the batches of all ranks of `comm`.
@@ -142,7 +131,7 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     if not training:
         return F.batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
-     momentum) = F._channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
+     momentum) = F.channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     comm = _comm(comm)
 
     x3 = be.contiguous(x).reshape(N, C, S)
@@ -152,7 +141,7 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
             f"Expected more than 1 value per channel when training, got 1 value per channel over "
             f"all {comm.Get_size()} ranks (this rank's input size {tuple(x.shape)})"
         )
-    saved = SyncSaved(backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
+    saved = F.Saved(op="sync_batch_norm", backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
                       has_weight=weight is not None, has_bias=bias is not None, count=int(count),
                       comm=comm, training=True)
     var = m2 / count if count > 0 else np.zeros(C)
@@ -189,13 +178,13 @@ def sync_batch_norm_backward(dy, saved):
     dweight and dbias are this rank's contributions (see the module docstring).
     """
     from . import functional as F
+    from .functional._common import check_saved, grad_output
 
-    if isinstance(saved, F.Saved):  # training=False went through plain batch_norm
+    if isinstance(saved, F.Saved) and saved.op == "channel":  # training=False: plain batch_norm
         return F.batch_norm_backward(dy, saved)
-    if not isinstance(saved, SyncSaved):
-        raise TypeError("saved must be the second value returned by sync_batch_norm")
+    check_saved(saved, "sync_batch_norm")
     be = saved.backend
-    dy = F._grad_output(dy, saved)
+    dy = grad_output(dy, saved)
     C = saved.shape[1]
     local = np.zeros((2, C))
     if saved.x is not None:

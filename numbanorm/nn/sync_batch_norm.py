@@ -6,7 +6,6 @@ when a training forward first needs the communicator.
 import numpy as np
 
 from .. import distributed as D
-from .. import functional as F
 from .norm import _BatchNorm
 
 
@@ -41,11 +40,7 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
     def backward(self, dy):
-        saved = self._take_saved()
-        if isinstance(saved, D.SyncSaved):
-            dx, dweight, dbias = D.sync_batch_norm_backward(dy, saved)
-        else:
-            dx, dweight, dbias = F.batch_norm_backward(dy, saved)
+        dx, dweight, dbias = D.sync_batch_norm_backward(dy, self._take_saved())
         self._store_grads(dweight, dbias)
         return dx
 

@@ -1,4 +1,4 @@
-"""Stateless normalization ops with hand-written backward passes (PyTorch semantics).
+"""Normalization ops: BatchNorm, LayerNorm, GroupNorm, InstanceNorm, with hand-written backwards.
 
 Each forward returns ``(y, saved)``; the matching backward takes ``(dy, saved)`` and returns
 ``(dx, dweight, dbias)`` with None for a gradient whose parameter was None. Inputs are NumPy
@@ -15,31 +15,14 @@ Formulas (biased variance for normalization, unbiased for running_var):
 `saved` keeps a reference to x (no copy): modifying x in place before the backward changes
 the gradient, as it would for any framework that does not copy its inputs.
 """
-import math
-
-
-from . import _backend
-from . import _validate as check
-
-
-class Saved:
-    """What a backward needs from its forward. Statistics are float64 of shape (rows,) or (C,)."""
-
-    backend = family = shape = dtype = x = mean = rstd = weight = None
-    has_weight = has_bias = training = False
-    param_shape = groups = channels_per_group = spatial = None
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
-def _prod(dims):
-    return math.prod(int(d) for d in dims)
+from .. import _backend
+from .. import _validate as check
+from ._common import Saved, check_saved, grad_output, prod
 
 
 def _empty_result(be, x, family, dtype, weight, bias, param_shape):
     """An empty batch: empty output, nothing computed, no running statistic touched."""
-    saved = Saved(backend=be, family=family, shape=tuple(x.shape), dtype=dtype, x=None,
+    saved = Saved(op=family, backend=be, family=family, shape=tuple(x.shape), dtype=dtype, x=None,
                   has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=param_shape)
     return be.empty(tuple(x.shape), dtype), saved
@@ -47,7 +30,7 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 
 # ---------------------------------------------------------------- BatchNorm
 
-def _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, min_ndim):
+def channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, min_ndim):
     """Dispatch and check the arguments of a per-channel op (BatchNorm, InstanceNorm, SyncBN).
 
     Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
@@ -63,7 +46,7 @@ def _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, m
         check.param(name, a[name], (C,), dtype)
     check.running_pair(a["running_mean"], a["running_var"])
     return (be, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], dtype,
-            N, C, _prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
+            N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
 
 
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
@@ -75,7 +58,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
     given); training=False normalizes with running_mean / running_var.
     """
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
-     momentum) = _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
+     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     if not training and running_mean is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
     if training and N * S == 1:
@@ -89,7 +72,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
     x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
                                              running_mean, running_var, momentum)
-    saved = Saved(backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
+    saved = Saved(op="channel", backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
                   mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
                   has_bias=bias is not None, param_shape=(C,), training=training)
     return y3.reshape(tuple(x.shape)), saved
@@ -109,7 +92,7 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     b = bias if bias is not None else be.full((C,), 0.0, dtype)
     x2 = be.contiguous(x).reshape(N * G, Cg * S)
     y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
-    saved = Saved(backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
+    saved = Saved(op="row", backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
                   rstd=rstd, weight=w, has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
                   spatial=S)
@@ -129,8 +112,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     check.param("weight", weight, shape, dtype)
     check.param("bias", bias, shape, dtype)
     eps = check.eps(eps)
-    M = _prod(shape)
-    R = _prod(x.shape[: len(x.shape) - len(shape)])
+    M = prod(shape)
+    R = prod(x.shape[: len(x.shape) - len(shape)])
     if R * M == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, shape)
     flat = lambda p: None if p is None else be.contiguous(p).reshape(M)
@@ -154,7 +137,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     check.param("weight", weight, (C,), dtype)
     check.param("bias", bias, (C,), dtype)
     eps = check.eps(eps)
-    S = _prod(x.shape[2:])
+    S = prod(x.shape[2:])
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
     return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,))
@@ -174,7 +157,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     running_mean / running_var instead.
     """
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
-     momentum) = _channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3)
+     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
@@ -199,20 +182,10 @@ def instance_norm_backward(dy, saved):
 
 # ---------------------------------------------------------------- shared backward
 
-def _grad_output(dy, saved):
-    """dy as the forward's backend computes on it, checked against the forward's output."""
-    be_dy, a = _backend.select(dy=dy)
-    if be_dy is not saved.backend:
-        raise ValueError(f"dy is on {be_dy.name} but the forward ran on {saved.backend.name}")
-    check.grad_output(a["dy"], saved.shape, saved.dtype)
-    return a["dy"]
-
-
 def _backward(dy, saved, family):
-    if not isinstance(saved, Saved) or saved.family != family:
-        raise TypeError("saved must be the second value returned by the matching forward")
+    check_saved(saved, family)
     be = saved.backend
-    dy = _grad_output(dy, saved)
+    dy = grad_output(dy, saved)
     if saved.x is None:  # empty batch: zero parameter gradients
         zeros = lambda: be.full(saved.param_shape, 0.0, saved.dtype)
         return (be.empty(saved.shape, saved.dtype),
