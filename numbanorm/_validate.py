@@ -76,3 +76,50 @@ def grad_output(dy, shape, dtype):
         raise ValueError(f"dy must have shape {tuple(shape)} (the forward output's), got {tuple(dy.shape)}")
     if np.dtype(dy.dtype) != dtype:
         raise TypeError(f"dy must have dtype {dtype} (the forward output's), got {np.dtype(dy.dtype)}")
+
+
+def positive_int(name, value):
+    """A positive int (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def pair(name, value, minimum=1):
+    """An int or a pair of ints -> (h, w), each >= minimum."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def ndim(name, a, ndims, what):
+    """a must have one of the ranks in ndims."""
+    if len(a.shape) not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name} must be {want} {what}, got shape {tuple(a.shape)}")
+
+
+def same_dtype(name, a, dtype, whose="x"):
+    if np.dtype(a.dtype) != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of {whose}), got {np.dtype(a.dtype)}")
+
+
+def real(name, value, low=None, high=None, low_open=False, high_open=False):
+    """A real number (not a bool) within [low, high] (ends open when asked)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or value != value:
+        span = (("(" if low_open else "[") + f"{low if low is not None else '-inf'}, "
+                f"{high if high is not None else 'inf'}" + (")" if high_open else "]"))
+        raise ValueError(f"{name} must be in {span}, got {value!r}")
+    return float(value)

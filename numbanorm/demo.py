@@ -96,21 +96,15 @@ def make_optimizer(name, params, lr, momentum):
 
 def resolve_device(device):
     """'auto' -> 'cuda' when a real GPU is usable (never the simulator), else 'cpu'."""
-    import importlib.util
-
     from .cuda_support import cuda_available
 
-    has_kernels = importlib.util.find_spec("numbanorm.cuda.layers") is not None
     if device == "auto":
         simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-        return "cuda" if has_kernels and not simulator and cuda_available() else "cpu"
+        return "cuda" if not simulator and cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
         raise SystemExit("numbanorm-demo: --device cuda, but numba.cuda finds no usable GPU "
                          "(pip install 'numbanorm[cuda]' on a machine with an NVIDIA driver, "
                          "or use --device cpu)")
-    if device == "cuda" and not has_kernels:
-        raise SystemExit("numbanorm-demo: --device cuda, but this numbanorm has no GPU kernels for "
-                         "the CNN layers (numbanorm.cuda.layers); use --device cpu")
     return device
 
 

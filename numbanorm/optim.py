@@ -1,18 +1,19 @@
 """Optimizers with torch.optim's update rules: SGD (momentum, dampening, Nesterov, weight decay)
-and Adam (L2 weight decay added to the gradient, amsgrad=False).
+and Adam (L2 weight decay added to the gradient, optional amsgrad).
 
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt.zero_grad(); model.backward(crit.backward()); opt.step()
 
-Each update is one Numba kernel per parameter, on the parameter's device (CPU or GPU); state
-buffers live beside the parameter. A parameter whose .grad is None is skipped, as in PyTorch.
+Each update is numbanorm.functional.sgd_step / adam_step on one parameter (one kernel on the
+parameter's device, CPU or GPU); state buffers live beside the parameter. A parameter whose
+.grad is None is skipped, as in PyTorch.
 """
 import numbers
 
 import numpy as np
 
 from . import _backend
-from .nn.layers import _kernels
+from . import functional as F
 from .nn.module import Parameter, _to_host
 
 
@@ -52,17 +53,22 @@ class Optimizer:
             p.grad = None
 
     def _live(self):
-        """(index, parameter, kernels, grad) for every parameter with a gradient."""
+        """(index, parameter) for every parameter with a gradient, all checked first."""
+        live = []
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            dev = _backend.device_of(p.data)
-            if _backend.device_of(p.grad) != dev:
+            if _backend.device_of(p.grad) != _backend.device_of(p.data):
                 raise ValueError(f"params[{i}]: gradient and parameter are on different devices")
             if tuple(p.grad.shape) != tuple(p.data.shape):
                 raise ValueError(f"params[{i}]: grad shape {tuple(p.grad.shape)} != parameter shape "
                                  f"{tuple(p.data.shape)}")
-            yield i, p, _kernels(dev), p.grad
+            live.append((i, p))
+        return live
+
+    @staticmethod
+    def _zeros_like(p):
+        return _backend.get(_backend.device_of(p.data)).full(tuple(p.data.shape), 0.0, p.data.dtype)
 
     def state_dict(self):
         """{"state": {index: {name: NumPy copy or number}}, "param_groups": [hyper-params + "params"]}
@@ -108,35 +114,37 @@ class SGD(Optimizer):
 
     def step(self):
         d = self.defaults
-        for i, p, kernels, g in self._live():
+        for i, p in self._live():
             st = self.state.setdefault(i, {})
             first = "momentum_buffer" not in st
             if d["momentum"] != 0 and first:
-                st["momentum_buffer"] = kernels.zeros(tuple(p.data.shape), p.data.dtype)
-            buf = st.get("momentum_buffer", p.data)  # unused (not written) when momentum == 0
-            kernels.sgd_step(p.data, g, buf, d["lr"], d["momentum"], d["dampening"],
-                             d["weight_decay"], d["nesterov"], first)
+                st["momentum_buffer"] = self._zeros_like(p)
+            F.sgd_step(p.data, p.grad, st.get("momentum_buffer"), d["lr"], d["momentum"],
+                       d["dampening"], d["weight_decay"], d["nesterov"], first)
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam (amsgrad=False): g = grad + weight_decay * p; m = b1*m + (1-b1)*g;
-    v = b2*v + (1-b2)*g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+    """torch.optim.Adam: g = grad + weight_decay * p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+    with amsgrad vmax = max(vmax, v) replaces v below;
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
         b1, b2 = betas
         defaults = dict(lr=_hyper("lr", lr), betas=(_hyper("betas[0]", b1, 0.0, 1.0), _hyper("betas[1]", b2, 0.0, 1.0)),
-                        eps=_hyper("eps", eps), weight_decay=_hyper("weight_decay", weight_decay))
+                        eps=_hyper("eps", eps), weight_decay=_hyper("weight_decay", weight_decay),
+                        amsgrad=bool(amsgrad))
         super().__init__(params, defaults)
 
     def step(self):
         d = self.defaults
         b1, b2 = d["betas"]
-        for i, p, kernels, g in self._live():
+        for i, p in self._live():
             st = self.state.get(i)
             if st is None:
-                shape, dt = tuple(p.data.shape), p.data.dtype
-                st = self.state[i] = {"step": 0.0, "exp_avg": kernels.zeros(shape, dt),
-                                      "exp_avg_sq": kernels.zeros(shape, dt)}
+                st = self.state[i] = {"step": 0.0, "exp_avg": self._zeros_like(p),
+                                      "exp_avg_sq": self._zeros_like(p)}
+                if d["amsgrad"]:
+                    st["max_exp_avg_sq"] = self._zeros_like(p)
             st["step"] += 1.0
-            kernels.adam_step(p.data, g, st["exp_avg"], st["exp_avg_sq"], st["step"], d["lr"], b1, b2,
-                              d["eps"], d["weight_decay"])
+            F.adam_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"], d["lr"], b1,
+                        b2, d["eps"], d["weight_decay"], st.get("max_exp_avg_sq"))

@@ -125,8 +125,65 @@ def test_adam_on_gpu_matches_cpu():
 
 def test_gpu_errors():
     crit = nn.CrossEntropyLoss()
-    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         crit.forward(cuda.to_device(np.zeros((2, 3))), np.array([0, 3]))
     conv = nn.Conv2d(1, 1, 3)  # parameters on the CPU
     with pytest.raises(ValueError, match="is on 'cpu' but x is on 'cuda'"):
         conv.forward(cuda.to_device(np.zeros((1, 1, 4, 4), np.float32)))
+
+
+def _same_on_gpu(make, x, tol_kw=dict(rtol=1e-12, atol=1e-12)):
+    """Forward and backward (dx and parameter grads) of one layer on the GPU equal the CPU's."""
+    cpu, gpu = make(), make().to("cuda")
+    y = cpu.forward(x)
+    np.testing.assert_allclose(host(gpu.forward(cuda.to_device(x))), y, **tol_kw)
+    dy = RNG.standard_normal(y.shape)
+    np.testing.assert_allclose(host(gpu.backward(cuda.to_device(dy))), cpu.backward(dy), **tol_kw)
+    for (name, pc), (_, pg) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        np.testing.assert_allclose(host(pg.grad), pc.grad, err_msg=name, **tol_kw)
+
+
+@pytest.mark.parametrize("case", [
+    dict(groups=2, padding=1), dict(dilation=2, padding=2, stride=(1, 2)),
+    dict(padding=1, padding_mode="reflect"), dict(padding=(1, 2), padding_mode="circular", bias=False)])
+def test_conv2d_options_match_cpu(case):
+    _same_on_gpu(lambda: nn.Conv2d(4, 2, 3, dtype=np.float64, rng=2, **case), RNG.standard_normal((2, 4, 5, 6)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+    lambda: nn.AvgPool2d((3, 2), (2, 1), padding=1, ceil_mode=True, count_include_pad=False),
+    lambda: nn.AvgPool2d(3, 2, padding=1)])
+def test_pool_options_match_cpu(make):
+    _same_on_gpu(make, RNG.standard_normal((1, 2, 7, 6)))
+
+
+@pytest.mark.parametrize("reduction,ignore_index,smoothing", [("mean", 1, 0.1), ("none", -100, 0.2), ("sum", 0, 0.0)])
+def test_cross_entropy_options_match_cpu(reduction, ignore_index, smoothing):
+    logits = RNG.standard_normal((5, 3))
+    labels = np.array([0, 1, 2, 1, 0])
+    cpu = nn.CrossEntropyLoss(reduction, ignore_index, smoothing)
+    gpu = nn.CrossEntropyLoss(reduction, ignore_index, smoothing)
+    loss_c = cpu.forward(logits, labels)
+    loss_g = gpu.forward(cuda.to_device(logits), labels)
+    np.testing.assert_allclose(host(loss_g) if reduction == "none" else loss_g, loss_c, rtol=1e-13)
+    dloss = RNG.standard_normal(5) if reduction == "none" else 1.3
+    np.testing.assert_allclose(host(gpu.backward(cuda.to_device(dloss) if reduction == "none" else dloss)),
+                               cpu.backward(dloss), rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.5, dampening=0.3),
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1, amsgrad=True)])
+def test_optimizer_options_match_cpu(make_opt):
+    w0 = RNG.standard_normal((3, 5)).astype(np.float32)
+    pc, pg = nn.Parameter(w0.copy()), nn.Parameter(cuda.to_device(w0.copy()))
+    oc, og = make_opt([pc]), make_opt([pg])
+    for step in range(3):
+        g = (RNG.standard_normal((3, 5)) * (2.0 if step == 1 else 0.1)).astype(np.float32)
+        pc.grad, pg.grad = g.copy(), cuda.to_device(g)
+        oc.step()
+        og.step()
+        np.testing.assert_array_equal(host(pg.data), pc.data)  # the same rule, the same rounding

@@ -1,14 +1,17 @@
 """CPU backend: numba.njit(parallel=True) kernels on NumPy arrays.
 
-Every backend package exposes the same names: `channel_norm` and `row_norm` modules with
-`forward`/`backward` (and `row_norm.instance_running_update`), plus the array helpers below.
+Every backend package exposes the same names: one kernel module per kind of op, called by the
+numbanorm.functional module of the same name (channel_norm and row_norm by functional.norm),
+plus the array helpers below.
 """
 import numpy as np
 
-from . import channel_norm, row_norm
+from . import channel_norm, conv, elementwise, linear, loss, optim, pad, pool, row_norm
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
-__all__ = ["name", "channel_norm", "row_norm", "wrap", "contiguous", "empty", "full", "cast", "add_"]
+__all__ = ["name", "channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
+           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
+           "from_host", "to_host"]
 name = "cpu"
 
 
@@ -25,9 +28,23 @@ def full(shape, value, dtype):
     return np.full(shape, value, dtype)
 
 
+def is_contiguous(a):
+    return a.flags.c_contiguous
+
+
 def cast(a, dtype):
-    """a (float64 statistics or gradients) converted to dtype."""
+    """a converted to dtype (no copy when it has it already)."""
     return a.astype(dtype, copy=False)
+
+
+def from_host(a):
+    """A host (NumPy) array as this backend's array: itself."""
+    return a
+
+
+def to_host(a):
+    """This backend's array as a NumPy array: itself."""
+    return a
 
 
 def wrap(a):

@@ -1,7 +1,8 @@
 """GPU backend: numba.cuda kernels on device arrays (the twin of numbanorm.cpu).
 
-Same module-level interface as numbanorm.cpu: `channel_norm` and `row_norm` kernel modules plus
-the array helpers below; `config` holds the launch sizes (read at every launch).
+Same module-level interface as numbanorm.cpu: one kernel module per kind of op (the same names
+and signatures), plus the array helpers below; `config` holds the launch sizes (read at every
+launch), `gemm` the tiled gemm that conv and linear share.
 
 Arrays: Numba device arrays are used as they are; any other object exposing
 `__cuda_array_interface__` (CuPy arrays, PyTorch CUDA tensors) is wrapped zero-copy with
@@ -16,11 +17,13 @@ from numba import cuda
 from numba.cuda import devicearray
 
 from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests)
-from . import channel_norm, row_norm
+from . import channel_norm, conv, elementwise, linear, loss, optim, pad, pool, row_norm
 from ._common import add_ as _add_, copy_cast
 
-# the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
-__all__ = ["name", "channel_norm", "row_norm", "wrap", "contiguous", "empty", "full", "cast", "add_", "to_device"]
+# the backend interface: the same names in numbanorm.cpu and numbanorm.cuda (plus to_device)
+__all__ = ["name", "channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
+           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
+           "from_host", "to_host", "to_device"]
 name = "cuda"
 
 
@@ -49,6 +52,20 @@ def contiguous(a):
     return out
 
 
+def is_contiguous(a):
+    return a.is_c_contiguous()
+
+
+def from_host(a):
+    """A host (NumPy) array copied to the device."""
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_host(a):
+    """A device array copied to a NumPy array (the one place the GPU backend copies to host)."""
+    return a.copy_to_host()
+
+
 def empty(shape, dtype):
     return cuda.device_array(tuple(shape), np.dtype(dtype))
 
@@ -61,7 +78,7 @@ def full(shape, value, dtype):
 
 
 def cast(a, dtype):
-    """a (float64 statistics or gradients) converted to dtype, on the device."""
+    """a converted to dtype on the device (a itself when it has it already)."""
     dtype = np.dtype(dtype)
     if np.dtype(a.dtype) == dtype:
         return a

@@ -1,13 +1,21 @@
-"""Layers: forward/backward modules with PyTorch's names, defaults and state_dict keys."""
+"""Layers: forward/backward modules with PyTorch's names, defaults and state_dict keys.
+
+Every layer that computes something wraps a numbanorm.functional op (base class
+numbanorm.nn.module.OpModule): forward keeps the op's saved state, backward passes it back.
+"""
 from . import init
-from .layers import (AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d, ReLU,
-                     Sequential)
-from .module import Module, Parameter
+from .container import Sequential
+from .conv import Conv2d
+from .elementwise import Dropout, ReLU
+from .linear import Flatten, Linear
+from .loss import CrossEntropyLoss
+from .module import Module, OpModule, Parameter
 from .norm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                    InstanceNorm2d, InstanceNorm3d, LayerNorm)
+from .pool import AvgPool2d, MaxPool2d
 from .sync_batch_norm import SyncBatchNorm
 
-__all__ = ["Module", "Parameter", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm",
-           "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm",
-           "init", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Linear", "Flatten", "Dropout",
-           "Sequential", "CrossEntropyLoss"]
+__all__ = ["Module", "OpModule", "Parameter", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "SyncBatchNorm", "init", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Linear", "Flatten",
+           "Dropout", "Sequential", "CrossEntropyLoss"]

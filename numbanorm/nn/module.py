@@ -196,3 +196,52 @@ def _check_device(device):
     if device == "cuda":
         _backend.get("cuda")  # fails clearly when CUDA is not usable
     return device
+
+
+class OpModule(Module):
+    """A layer that wraps a functional op: forward keeps the op's `saved`, backward hands it to
+    the op's backward. The functional backward checks dy before anything changes, and the saved
+    state is released only after it succeeds: a rejected backward can be retried with a
+    corrected dy. One backward per forward."""
+
+    def __init__(self, device="cpu"):
+        super().__init__(device)
+        object.__setattr__(self, "_saved", None)
+
+    def _check_input(self, x, ndims=None, dtype=None, name="x"):
+        """x must be an array on this layer's device (when it has parameters), of one of the
+        ranks in ndims and of dtype (when given). Raises before anything is computed."""
+        dev = _backend.device_of(x)
+        if dev is None:
+            raise TypeError(f"{type(self).__name__}: {name} must be a numpy.ndarray or a CUDA array, "
+                            f"got {type(x).__module__}.{type(x).__qualname__}")
+        if dev != self.device and any(p is not None for p in self._parameters.values()):
+            raise ValueError(f"{type(self).__name__} is on {self.device!r} but {name} is on {dev!r}; "
+                             f"move one of them (module.to(device))")
+        if ndims is not None and len(x.shape) not in ndims:
+            want = " or ".join(f"{d}-D" for d in ndims)
+            raise ValueError(f"{type(self).__name__}: {name} must be {want}, got shape {tuple(x.shape)}")
+        if dtype is not None and np.dtype(x.dtype) != dtype:
+            raise TypeError(f"{type(self).__name__}: {name} must have dtype {dtype} (the layer's dtype), "
+                            f"got {np.dtype(x.dtype)}")
+
+    def _param(self, host_array):
+        """A Parameter holding host_array, moved to this layer's device."""
+        return Parameter(_backend.transfer(host_array, self.device))
+
+    def _keep(self, saved):
+        object.__setattr__(self, "_saved", saved)
+
+    def _pending(self):
+        """The saved state of the last forward (not released: see _release)."""
+        if self._saved is None:
+            raise ValueError(f"{type(self).__name__}.backward called before forward (or twice for one forward)")
+        return self._saved
+
+    def _release(self):
+        object.__setattr__(self, "_saved", None)
+
+
+def wants_grad(param):
+    """Whether a backward should compute the gradient of param (None: no parameter)."""
+    return param is not None and getattr(param, "requires_grad", True)

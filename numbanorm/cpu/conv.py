@@ -1,0 +1,139 @@
+"""CPU kernels for 2-D convolution (cross-correlation, as PyTorch) with stride, zero padding,
+dilation and groups: im2col + float32 BLAS gemms.
+
+Shape legend: x (N, C, H, W), weight (O, C/G, KH, KW) for G groups, y (N, O, OH, OW),
+P = OH * OW, K = C * KH * KW (Kg = K / G per group, Og = O / G).
+  cols (N, K [+1], P): cols[n, (c*KH + i)*KW + j, oh*OW + ow] =
+      x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]   (0 in the padding)
+  Rows of group g are [g*Kg, (g+1)*Kg). With G == 1 and a bias, row K is all ones, so one gemm
+  y[n] = [weight | bias] @ cols[n] also adds the bias.
+Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in a fixed order);
+  dcols = weight[g].T @ dy[n, g]; col2im adds dcols back into dx, one task per (n, c) plane.
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import _memory
+
+
+@njit(cache=True)
+def _valid_range(O, stride, pad, offset, size):
+    """[lo, hi): the output positions o with 0 <= o * stride - pad + offset < size."""
+    lo = 0
+    if pad - offset > 0:
+        lo = min(O, (pad - offset + stride - 1) // stride)
+    top = size - 1 + pad - offset
+    hi = 0 if top < 0 else min(O, top // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
+    """Fill cols (see the module docstring); a row K, when cols has one, is all ones."""
+    N, C, H, W = x.shape
+    K = C * KH * KW
+    P = OH * OW
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        if c == 0 and cols.shape[1] > K:
+            cols[n, K, :] = 1.0
+        for i in range(KH):
+            for j in range(KW):
+                row = cols[n, (c * KH + i) * KW + j]
+                lo, hi = _valid_range(OW, sw, pw, j * dw, W)
+                off = j * dw - pw
+                for oh in range(OH):
+                    ih = oh * sh - ph + i * dh
+                    out = row[oh * OW:(oh + 1) * OW]
+                    if ih < 0 or ih >= H:
+                        out[:] = 0.0
+                        continue
+                    src = x[n, c, ih]
+                    out[:lo] = 0.0
+                    for ow in range(lo, hi):
+                        out[ow] = src[ow * sw + off]
+                    out[hi:] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
+    """dx[n, c] = the sum of the dcols entries im2col read from it; one task per (n, c) plane."""
+    N, C, H, W = dx.shape
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        plane = dx[n, c]
+        plane[:, :] = 0.0
+        for i in range(KH):
+            for j in range(KW):
+                row = dcols[n, (c * KH + i) * KW + j]
+                lo, hi = _valid_range(OW, sw, pw, j * dw, W)
+                off = j * dw - pw
+                for oh in range(OH):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    dst = plane[ih]
+                    src = row[oh * OW:(oh + 1) * OW]
+                    for ow in range(lo, hi):
+                        dst[ow * sw + off] += src[ow]
+
+
+def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """-> (y (N, O, OH, OW), cols (N, K [+1], P) for the backward)."""
+    N, C, H, W = x.shape
+    O, Cg, KH, KW = weight.shape
+    OH, OW = out_hw
+    G, K, P = groups, C * KH * KW, OH * OW
+    fused_bias = bias is not None and G == 1
+    cols = _memory.empty((N, K + fused_bias, P), x.dtype)
+    _im2col(x, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            OH, OW, cols)
+    y = _memory.empty((N, O, OH, OW), x.dtype)
+    if G == 1:
+        w2 = weight.reshape(O, K)
+        if fused_bias:
+            w2 = np.concatenate((w2, bias.reshape(O, 1)), axis=1)
+        np.matmul(w2, cols, out=y.reshape(N, O, P))
+    else:
+        np.matmul(weight.reshape(1, G, O // G, K // G), cols.reshape(N, G, K // G, P),
+                  out=y.reshape(N, G, O // G, P))
+        if bias is not None:
+            y.reshape(N, O, P)[...] += bias.reshape(1, O, 1)
+    return y, cols
+
+
+def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
+             need_params):
+    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
+    N, O, OH, OW = dy.shape
+    _, Cg, KH, KW = weight.shape
+    G, K, P = groups, Cg * groups * KH * KW, OH * OW
+    Og, Kg = O // G, K // G
+    dy3 = dy.reshape(N, O, P)
+    dweight = dbias = dx = None
+    if need_params:
+        if G == 1:
+            # per sample cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS), then a
+            # float64 sum over the batch (NumPy's fixed-order reduction)
+            parts = np.matmul(cols, dy3.transpose(0, 2, 1),
+                              out=_memory.empty((N, cols.shape[1], O), dy.dtype))
+            dwT = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype)
+            dweight = np.ascontiguousarray(dwT[:K].T).reshape(weight.shape)
+            if has_bias:
+                dbias = np.ascontiguousarray(dwT[K]) if cols.shape[1] > K else \
+                    dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
+        else:
+            parts = np.matmul(dy3.reshape(N, G, Og, P), cols.reshape(N, G, Kg, P).transpose(0, 1, 3, 2))
+            dweight = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype).reshape(weight.shape)
+            if has_bias:
+                dbias = dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
+    if need_dx:
+        dcols = _memory.empty((N, K, P), dy.dtype)
+        np.matmul(weight.reshape(1, G, Og, Kg).transpose(0, 1, 3, 2), dy3.reshape(N, G, Og, P),
+                  out=dcols.reshape(N, G, Kg, P))
+        dx = _memory.empty(x_shape, dy.dtype)
+        _col2im(dcols, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                dilation[1], OH, OW, dx)
+    return dx, dweight, dbias

@@ -1,0 +1,70 @@
+"""CPU kernels for element-wise layers: ReLU and dropout, on flat C-contiguous arrays of any
+shape. The per-element math is numbanorm/_pointwise.py (shared with the GPU backend)."""
+import numpy as np
+from numba import njit, prange
+
+from .._pointwise import relu_at, relu_backward_at, dropout_at, dropout_backward_at
+from . import _memory
+from ._parallel import serial
+
+
+
+@njit(parallel=True, cache=True)
+def _relu(x, y, serial):
+    if serial:
+        for i in range(x.size):
+            relu_at(i, x, y)
+    else:
+        for i in prange(x.size):
+            relu_at(i, x, y)
+
+
+@njit(parallel=True, cache=True)
+def _relu_backward(dy, y, dx, serial):
+    if serial:
+        for i in range(dy.size):
+            relu_backward_at(i, dy, y, dx)
+    else:
+        for i in prange(dy.size):
+            relu_backward_at(i, dy, y, dx)
+
+
+def relu_forward(x):
+    """y = max(x, 0) (x C-contiguous, any shape)."""
+    y = _memory.empty_like(x)
+    _relu(x.reshape(-1), y.reshape(-1), serial(x))
+    return y
+
+
+def relu_backward(dy, y):
+    """dx = dy where the forward output y > 0, else 0."""
+    dx = _memory.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), serial(dy))
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def _dropout(x, p, scale, seed, y, mask):
+    for i in prange(x.size):
+        dropout_at(i, x, p, scale, seed, y, mask)
+
+
+@njit(parallel=True, cache=True)
+def _dropout_backward(dy, mask, scale, dx):
+    for i in prange(dy.size):
+        dropout_backward_at(i, dy, mask, scale, dx)
+
+
+def dropout_forward(x, p, seed):
+    """Zero each element with probability p and scale the rest by 1/(1-p).
+    Returns (y, mask uint8 of x's shape); seed a uint64 (the same mask on CPU and GPU)."""
+    y = _memory.empty_like(x)
+    mask = _memory.empty(x.shape, np.uint8)
+    _dropout(x.reshape(-1), p, 1.0 / (1.0 - p), np.uint64(seed), y.reshape(-1), mask.reshape(-1))
+    return y, mask
+
+
+def dropout_backward(dy, mask, p):
+    dx = _memory.empty_like(dy)
+    _dropout_backward(dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p), dx.reshape(-1))
+    return dx

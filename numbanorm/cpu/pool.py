@@ -1,0 +1,123 @@
+"""CPU kernels for 2-D max and average pooling with padding and ceil_mode (PyTorch's rules).
+
+Shapes: x (N, C, H, W) -> y (N, C, OH, OW); window (kh, kw), stride (sh, sw), padding (ph, pw).
+Window (oh, ow) covers rows oh*sh - ph .. + kh and columns ow*sw - pw .. + kw, clipped to the
+input (max pooling never picks padding; average pooling divides by
+numbanorm._shapes.avg_pool_divisor). One task per (n, c) plane: each task owns its outputs, so
+results do not depend on the thread count.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .._shapes import avg_pool_divisor
+from . import _memory
+
+
+@njit(parallel=True, cache=True)
+def _max_forward(x, kh, kw, sh, sw, ph, pw, y, idx):
+    """y = window max, idx = its flat offset in the (H, W) plane. Ties go to the first maximum;
+    a NaN wins (the last NaN), as in PyTorch."""
+    N, C, H, W = x.shape
+    _, _, OH, OW = y.shape
+    for t in prange(N * C):
+        xp = x[t // C, t % C]
+        yp = y[t // C, t % C]
+        ip = idx[t // C, t % C]
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            hs, he = max(h0, 0), min(h0 + kh, H)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                ws, we = max(w0, 0), min(w0 + kw, W)
+                best = xp[hs, ws]
+                arg = hs * W + ws
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = xp[h, w]
+                        if v > best or v != v:
+                            best = v
+                            arg = h * W + w
+                yp[oh, ow] = best
+                ip[oh, ow] = arg
+
+
+@njit(parallel=True, cache=True)
+def _max_backward(dy, idx, dx):
+    """dx zero except at each window's argmax, where dy is added (one task per plane)."""
+    N, C, OH, OW = dy.shape
+    _, _, H, W = dx.shape
+    for t in prange(N * C):
+        dp = dx[t // C, t % C].reshape(H * W)
+        gp = dy[t // C, t % C]
+        ip = idx[t // C, t % C]
+        dp[:] = 0.0
+        for oh in range(OH):
+            for ow in range(OW):
+                dp[ip[oh, ow]] += gp[oh, ow]
+
+
+@njit(parallel=True, cache=True)
+def _avg_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
+    N, C, H, W = x.shape
+    _, _, OH, OW = y.shape
+    for t in prange(N * C):
+        xp = x[t // C, t % C]
+        yp = y[t // C, t % C]
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                acc = 0.0
+                for h in range(max(h0, 0), min(h0 + kh, H)):
+                    for w in range(max(w0, 0), min(w0 + kw, W)):
+                        acc += xp[h, w]
+                yp[oh, ow] = acc / avg_pool_divisor(oh, ow, kh, kw, sh, sw, ph, pw, H, W, count_include_pad)
+
+
+@njit(parallel=True, cache=True)
+def _avg_backward(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
+    N, C, OH, OW = dy.shape
+    _, _, H, W = dx.shape
+    for t in prange(N * C):
+        gp = dy[t // C, t % C]
+        dp = dx[t // C, t % C]
+        dp[:, :] = 0.0
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                g = gp[oh, ow] / avg_pool_divisor(oh, ow, kh, kw, sh, sw, ph, pw, H, W, count_include_pad)
+                for h in range(max(h0, 0), min(h0 + kh, H)):
+                    for w in range(max(w0, 0), min(w0 + kw, W)):
+                        dp[h, w] += g
+
+
+def max_forward(x, kernel, stride, padding, out_hw):
+    """-> (y (N, C, OH, OW), idx int32 argmax offsets within each (H, W) plane)."""
+    N, C = x.shape[:2]
+    y = _memory.empty((N, C) + out_hw, x.dtype)
+    idx = _memory.empty((N, C) + out_hw, np.int32)
+    _max_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], y, idx)
+    return y, idx
+
+
+def max_backward(dy, idx, x_shape, kernel, stride, padding):
+    """dx from the argmax offsets idx (the window geometry is used by the GPU twin only)."""
+    dx = _memory.empty(x_shape, dy.dtype)
+    _max_backward(dy, idx, dx)
+    return dx
+
+
+def avg_forward(x, kernel, stride, padding, out_hw, count_include_pad):
+    N, C = x.shape[:2]
+    y = _memory.empty((N, C) + out_hw, x.dtype)
+    _avg_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
+                 count_include_pad, y)
+    return y
+
+
+def avg_backward(dy, x_shape, kernel, stride, padding, count_include_pad):
+    dx = _memory.empty(x_shape, dy.dtype)
+    _avg_backward(dy, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
+                  count_include_pad, dx)
+    return dx

@@ -1,0 +1,126 @@
+"""GPU kernels for 2-D convolution with stride, zero padding, dilation and groups: im2col + the
+tiled gemm of cuda/gemm.py (bias in the gemm's epilogue).
+
+Shape legend as numbanorm/cpu/conv.py: x (N, C, H, W), weight (O, C/G, KH, KW), y (N, O, OH, OW),
+P = OH * OW, K = C * KH * KW, Kg = K / G, Og = O / G; cols (N, K, P) with the rows of group g at
+[g*Kg, (g+1)*Kg), so cols viewed as (N*G, Kg, P) and y as (N*G, Og, P) give one batched gemm with
+weight (G, Og, Kg). Backward: gemm_dw for dweight, a column-sum kernel for dbias, a batched gemm
+for dcols and a col2im that gathers (one thread per dx element, fixed order; no atomics).
+"""
+from numba import cuda, float64
+
+from ._common import block_sum2, grid_1d, shared_bytes, threads
+from .gemm import gemm, gemm_dw
+
+
+@cuda.jit
+def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
+    N, C, H, W = x.shape
+    K = cols.shape[1]
+    P = OH * OW
+    for e in range(cuda.grid(1), N * K * P, cuda.gridsize(1)):
+        p = e % P
+        row = (e // P) % K
+        n = e // (P * K)
+        j = row % KW
+        i = (row // KW) % KH
+        c = row // (KW * KH)
+        ih = (p // OW) * sh - ph + i * dh
+        iw = (p % OW) * sw - pw + j * dw
+        if ih >= 0 and ih < H and iw >= 0 and iw < W:
+            cols[n, row, p] = x[n, c, ih, iw]
+        else:
+            cols[n, row, p] = 0.0
+
+
+@cuda.jit
+def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
+    """One thread per dx[n, c, h, w]: the sum over the (i, j, oh, ow) that read it."""
+    N, C, H, W = dx.shape
+    for e in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
+        w = e % W
+        h = (e // W) % H
+        c = (e // (W * H)) % C
+        n = e // (W * H * C)
+        acc = 0.0
+        for i in range(KH):
+            th = h + ph - i * dh
+            if th < 0 or th % sh != 0:
+                continue
+            oh = th // sh
+            if oh >= OH:
+                continue
+            for j in range(KW):
+                tw = w + pw - j * dw
+                if tw < 0 or tw % sw != 0:
+                    continue
+                ow = tw // sw
+                if ow >= OW:
+                    continue
+                acc += dcols[n, (c * KH + i) * KW + j, oh * OW + ow]
+        dx[n, c, h, w] = acc
+
+
+@cuda.jit
+def _channel_sum(dy, out):
+    """out[o] = sum over (n, p) of dy[n, o, p]; one block per o (block reduction)."""
+    shm = cuda.shared.array(0, float64)
+    N, O, P = dy.shape
+    o = cuda.blockIdx.x
+    acc = 0.0
+    for e in range(cuda.threadIdx.x, N * P, cuda.blockDim.x):
+        acc += dy[e // P, o, e % P]
+    s, _ = block_sum2(acc, 0.0, shm)
+    if cuda.threadIdx.x == 0:
+        out[o] = s
+
+
+def _launch_1d(kernel, n, *args):
+    if n:
+        t = threads()
+        kernel[grid_1d(n, t), t](*args)
+
+
+def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """-> (y (N, O, OH, OW), cols (N, K, P) for the backward)."""
+    N, C, H, W = x.shape
+    O, Cg, KH, KW = weight.shape
+    OH, OW = out_hw
+    G, K, P = groups, C * KH * KW, OH * OW
+    cols = cuda.device_array((N, K, P), x.dtype)
+    _launch_1d(_im2col, N * K * P, x, KH, KW, stride[0], stride[1], padding[0], padding[1],
+               dilation[0], dilation[1], OH, OW, cols)
+    y = cuda.device_array((N, O, OH, OW), x.dtype)
+    gemm(weight.reshape((G, O // G, K // G)), cols.reshape((N * G, K // G, P)),
+         y.reshape((N * G, O // G, P)), bias=bias, bias_mode=0 if bias is None else 1)
+    return y, cols
+
+
+def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
+             need_params):
+    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
+    N, O, OH, OW = dy.shape
+    _, Cg, KH, KW = weight.shape
+    G, K, P = groups, Cg * groups * KH * KW, OH * OW
+    Og, Kg = O // G, K // G
+    dy3 = dy.reshape((N, O, P))
+    dweight = dbias = dx = None
+    if need_params:
+        dweight = cuda.device_array((O, Cg, KH, KW), dy.dtype)
+        gemm_dw(dy.reshape((N * G, Og, P)), cols.reshape((N * G, Kg, P)), G,
+                dweight.reshape((G, Og, Kg)))
+        if has_bias:
+            t = threads()
+            dbias = cuda.device_array(O, dy.dtype)
+            _channel_sum[O, t, 0, shared_bytes(t)](dy3, dbias)
+    if need_dx:
+        dcols = cuda.device_array((N, K, P), dy.dtype)
+        gemm(weight.reshape((G, Og, Kg)), dy.reshape((N * G, Og, P)), dcols.reshape((N * G, Kg, P)),
+             ta=True)
+        dx = cuda.device_array(tuple(x_shape), dy.dtype)
+        n = 1
+        for d in x_shape:
+            n *= int(d)
+        _launch_1d(_col2im, n, dcols, KH, KW, stride[0], stride[1], padding[0], padding[1],
+                   dilation[0], dilation[1], OH, OW, dx)
+    return dx, dweight, dbias

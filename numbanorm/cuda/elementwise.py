@@ -1,0 +1,71 @@
+"""GPU kernels for element-wise layers: ReLU and dropout on flat device arrays of any shape.
+The per-element math is numbanorm/_pointwise.py (shared with the CPU backend)."""
+import warnings
+
+import numpy as np
+from numba import cuda
+
+from .._pointwise import dropout_at, dropout_backward_at, relu_at, relu_backward_at
+from ._common import flat, grid_1d, threads
+
+
+@cuda.jit
+def _relu(x, y):
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        relu_at(i, x, y)
+
+
+@cuda.jit
+def _relu_backward(dy, y, dx):
+    for i in range(cuda.grid(1), dy.shape[0], cuda.gridsize(1)):
+        relu_backward_at(i, dy, y, dx)
+
+
+@cuda.jit
+def _dropout(x, p, scale, seed, y, mask):
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        dropout_at(i, x, p, scale, seed, y, mask)
+
+
+@cuda.jit
+def _dropout_backward(dy, mask, scale, dx):
+    for i in range(cuda.grid(1), dy.shape[0], cuda.gridsize(1)):
+        dropout_backward_at(i, dy, mask, scale, dx)
+
+
+def _launch(kernel, n, *args):
+    if n:
+        t = threads()
+        with warnings.catch_warnings():  # the simulator runs the hash's uint64 math as NumPy
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            kernel[grid_1d(n, t), t](*args)
+
+
+def _size(a):
+    return int(np.prod(a.shape, dtype=np.int64))
+
+
+def relu_forward(x):
+    y = cuda.device_array(tuple(x.shape), x.dtype)
+    _launch(_relu, _size(x), flat(x), flat(y))
+    return y
+
+
+def relu_backward(dy, y):
+    dx = cuda.device_array(tuple(dy.shape), dy.dtype)
+    _launch(_relu_backward, _size(dy), flat(dy), flat(y), flat(dx))
+    return dx
+
+
+def dropout_forward(x, p, seed):
+    """The same mask as the CPU kernel for the same seed (the same counter-based hash)."""
+    y = cuda.device_array(tuple(x.shape), x.dtype)
+    mask = cuda.device_array(tuple(x.shape), np.uint8)
+    _launch(_dropout, _size(x), flat(x), p, 1.0 / (1.0 - p), np.uint64(seed), flat(y), flat(mask))
+    return y, mask
+
+
+def dropout_backward(dy, mask, p):
+    dx = cuda.device_array(tuple(dy.shape), dy.dtype)
+    _launch(_dropout_backward, _size(dy), flat(dy), flat(mask), 1.0 / (1.0 - p), flat(dx))
+    return dx

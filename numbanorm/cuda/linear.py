@@ -1,0 +1,42 @@
+"""GPU kernels for the fully-connected layer: x (M, F_in), weight (F_out, F_in), bias (F_out,),
+y (M, F_out) = x @ weight.T + bias, with the tiled gemm of cuda/gemm.py."""
+from numba import cuda
+
+from ._common import grid_1d, threads
+from .gemm import gemm
+
+
+@cuda.jit
+def _column_sum(a, out):
+    """out[f] = sum over rows of a[:, f]; one thread per column, fixed order."""
+    M, F = a.shape
+    for f in range(cuda.grid(1), F, cuda.gridsize(1)):
+        acc = 0.0
+        for r in range(M):
+            acc += a[r, f]
+        out[f] = acc
+
+
+def forward(x, weight, bias):
+    M = x.shape[0]
+    Fo, Fi = weight.shape
+    y = cuda.device_array((M, Fo), x.dtype)
+    gemm(x.reshape((1, M, Fi)), weight.reshape((1, Fo, Fi)), y.reshape((1, M, Fo)), tb=True,
+         bias=bias, bias_mode=0 if bias is None else 2)
+    return y
+
+
+def backward(dy, x, weight, need_dx, need_params):
+    M, Fo = dy.shape
+    Fi = weight.shape[1]
+    dweight = dbias = dx = None
+    if need_params:
+        dweight = cuda.device_array((Fo, Fi), dy.dtype)
+        gemm(dy.reshape((1, M, Fo)), x.reshape((1, M, Fi)), dweight.reshape((1, Fo, Fi)), ta=True)
+        dbias = cuda.device_array(Fo, dy.dtype)
+        t = threads()
+        _column_sum[grid_1d(Fo, t), t](dy, dbias)
+    if need_dx:
+        dx = cuda.device_array((M, Fi), dy.dtype)
+        gemm(dy.reshape((1, M, Fo)), weight.reshape((1, Fo, Fi)), dx.reshape((1, M, Fi)))
+    return dx, dweight, dbias

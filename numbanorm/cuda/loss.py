@@ -1,0 +1,41 @@
+"""GPU kernels for the cross-entropy loss over logits (M, K) and int64 labels (M,). The per-row
+math is numbanorm/_pointwise.py (shared with the CPU backend). The only device-to-host copy of a
+training step: the M per-row losses and statuses, for the loss value and the label check."""
+import numpy as np
+from numba import cuda
+
+from .._pointwise import cross_entropy_backward_at, cross_entropy_row
+from ._common import grid_1d, threads
+
+
+@cuda.jit
+def _forward(logits, labels, ignore_index, smoothing, probs, losses, status):
+    for r in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
+        cross_entropy_row(r, logits, labels, ignore_index, smoothing, probs, losses, status)
+
+
+@cuda.jit
+def _backward(probs, labels, ignore_index, smoothing, row_scale, dlogits):
+    for e in range(cuda.grid(1), probs.shape[0] * probs.shape[1], cuda.gridsize(1)):
+        cross_entropy_backward_at(e, probs, labels, ignore_index, smoothing, row_scale, dlogits)
+
+
+def forward(logits, labels, ignore_index, smoothing):
+    """-> (losses float64 (M,), status uint8 (M,), both on the host, probs on the device)."""
+    M, K = logits.shape
+    probs = cuda.device_array((M, K), logits.dtype)
+    losses = cuda.device_array(M, np.float64)
+    status = cuda.device_array(M, np.uint8)
+    if M:
+        t = threads()
+        _forward[grid_1d(M, t), t](logits, labels, ignore_index, smoothing, probs, losses, status)
+    return losses.copy_to_host(), status.copy_to_host(), probs
+
+
+def backward(probs, labels, ignore_index, smoothing, row_scale):
+    dlogits = cuda.device_array(tuple(probs.shape), probs.dtype)
+    n = int(probs.shape[0]) * int(probs.shape[1])
+    if n:
+        t = threads()
+        _backward[grid_1d(n, t), t](probs, labels, ignore_index, smoothing, row_scale, dlogits)
+    return dlogits

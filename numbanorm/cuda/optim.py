@@ -1,0 +1,39 @@
+"""GPU kernels for the optimizer updates (in place, flat device arrays of one shape). The
+per-element rules are numbanorm/_pointwise.py (shared with the CPU backend)."""
+import numpy as np
+from numba import cuda
+
+from .._pointwise import adam_at, sgd_at
+from ._common import flat, grid_1d, threads
+
+
+@cuda.jit
+def _sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        sgd_at(i, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+
+@cuda.jit
+def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        adam_at(i, p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad)
+
+
+def _grid(p):
+    n = int(np.prod(p.shape, dtype=np.int64))
+    t = threads()
+    return n, grid_1d(n, t), t
+
+
+def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    n, blocks, t = _grid(p)
+    if n:
+        _sgd[blocks, t](flat(p), flat(g), flat(buf), lr, momentum, dampening, weight_decay,
+                        nesterov, first)
+
+
+def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad):
+    n, blocks, t = _grid(p)
+    if n:
+        _adam[blocks, t](flat(p), flat(g), flat(m), flat(v), flat(vmax), lr, beta1, beta2, eps,
+                         weight_decay, bc1, bc2_sqrt, amsgrad)

@@ -1,0 +1,43 @@
+"""GPU kernels for index-map padding (see numbanorm/functional/pad.py): rows of an (R, M) view
+gathered through a source map, and the backward sum in the map's source order (no atomics)."""
+from numba import cuda
+
+from ._common import grid_1d, threads
+
+
+@cuda.jit
+def _gather(x, source, out):
+    Q = source.shape[0]
+    for e in range(cuda.grid(1), out.shape[0] * Q, cuda.gridsize(1)):
+        r = e // Q
+        out[r, e - r * Q] = x[r, source[e - r * Q]]
+
+
+@cuda.jit
+def _scatter_sum(dxp, order, starts, dx):
+    M = dx.shape[1]
+    for e in range(cuda.grid(1), dx.shape[0] * M, cuda.gridsize(1)):
+        r = e // M
+        s = e - r * M
+        acc = 0.0
+        for k in range(starts[s], starts[s + 1]):
+            acc += dxp[r, order[k]]
+        dx[r, s] = acc
+
+
+def gather(x, source):
+    out = cuda.device_array((x.shape[0], source.shape[0]), x.dtype)
+    n = int(out.shape[0]) * int(out.shape[1])
+    if n:
+        t = threads()
+        _gather[grid_1d(n, t), t](x, source, out)
+    return out
+
+
+def scatter_sum(dxp, order, starts, M):
+    dx = cuda.device_array((dxp.shape[0], M), dxp.dtype)
+    n = int(dx.shape[0]) * M
+    if n:
+        t = threads()
+        _scatter_sum[grid_1d(n, t), t](dxp, order, starts, dx)
+    return dx
