@@ -21,6 +21,14 @@ def pool_out_size(size, k, stride, pad, ceil_mode=False):
     return out
 
 
+def conv_dims(weight_shape, out_hw, groups):
+    """(O, KH, KW, K, P, Og, Kg) of a convolution with weight (O, C/G, KH, KW): K = C*KH*KW
+    rows of the im2col matrix, P = OH*OW columns, Og = O/G and Kg = K/G per group."""
+    O, Cg, KH, KW = (int(d) for d in weight_shape)
+    K = Cg * groups * KH * KW
+    return O, KH, KW, K, int(out_hw[0]) * int(out_hw[1]), O // groups, K // groups
+
+
 @register_jitable
 def avg_pool_divisor(oh, ow, kh, kw, sh, sw, ph, pw, H, W, count_include_pad):
     """The divisor of output (oh, ow) of an average pool, as PyTorch: the window clipped to the

@@ -1,4 +1,4 @@
-"""GPU path of the CNN layers and optimizers (numbanorm/cuda/layers.py) against the CPU path.
+"""GPU path of the CNN layers and optimizers (numbanorm/cuda/{conv,pool,elementwise,linear,loss,optim}.py) against the CPU path.
 
 Runs on a real GPU when there is one, else under the CUDA simulator (tests/conftest.py), so
 shapes stay tiny: odd sizes, padding and strides, grid-stride loops with 32-thread blocks.

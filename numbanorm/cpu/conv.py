@@ -13,6 +13,7 @@ Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in a fi
 import numpy as np
 from numba import njit, prange
 
+from .._shapes import conv_dims
 from . import _memory
 
 
@@ -82,10 +83,10 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """-> (y (N, O, OH, OW), cols (N, K [+1], P) for the backward)."""
-    N, C, H, W = x.shape
-    O, Cg, KH, KW = weight.shape
+    N = x.shape[0]
+    O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
-    G, K, P = groups, C * KH * KW, OH * OW
+    G = groups
     fused_bias = bias is not None and G == 1
     cols = _memory.empty((N, K + fused_bias, P), x.dtype)
     _im2col(x, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
@@ -97,8 +98,7 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
             w2 = np.concatenate((w2, bias.reshape(O, 1)), axis=1)
         np.matmul(w2, cols, out=y.reshape(N, O, P))
     else:
-        np.matmul(weight.reshape(1, G, O // G, K // G), cols.reshape(N, G, K // G, P),
-                  out=y.reshape(N, G, O // G, P))
+        np.matmul(weight.reshape(1, G, Og, Kg), cols.reshape(N, G, Kg, P), out=y.reshape(N, G, Og, P))
         if bias is not None:
             y.reshape(N, O, P)[...] += bias.reshape(1, O, 1)
     return y, cols
@@ -107,10 +107,9 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
 def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
              need_params):
     """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
-    N, O, OH, OW = dy.shape
-    _, Cg, KH, KW = weight.shape
-    G, K, P = groups, Cg * groups * KH * KW, OH * OW
-    Og, Kg = O // G, K // G
+    N, OH, OW = dy.shape[0], dy.shape[2], dy.shape[3]
+    O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, (OH, OW), groups)
+    G = groups
     dy3 = dy.reshape(N, O, P)
     dweight = dbias = dx = None
     if need_params:

@@ -9,6 +9,7 @@ for dcols and a col2im that gathers (one thread per dx element, fixed order; no 
 """
 from numba import cuda, float64
 
+from .._shapes import conv_dims
 from ._common import block_sum2, grid_1d, shared_bytes, threads
 from .gemm import gemm, gemm_dw
 
@@ -83,30 +84,29 @@ def _launch_1d(kernel, n, *args):
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """-> (y (N, O, OH, OW), cols (N, K, P) for the backward)."""
-    N, C, H, W = x.shape
-    O, Cg, KH, KW = weight.shape
+    N = x.shape[0]
+    O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
-    G, K, P = groups, C * KH * KW, OH * OW
+    G = groups
     cols = cuda.device_array((N, K, P), x.dtype)
     _launch_1d(_im2col, N * K * P, x, KH, KW, stride[0], stride[1], padding[0], padding[1],
                dilation[0], dilation[1], OH, OW, cols)
     y = cuda.device_array((N, O, OH, OW), x.dtype)
-    gemm(weight.reshape((G, O // G, K // G)), cols.reshape((N * G, K // G, P)),
-         y.reshape((N * G, O // G, P)), bias=bias, bias_mode=0 if bias is None else 1)
+    gemm(weight.reshape((G, Og, Kg)), cols.reshape((N * G, Kg, P)), y.reshape((N * G, Og, P)),
+         bias=bias, bias_mode=0 if bias is None else 1)
     return y, cols
 
 
 def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
              need_params):
     """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
-    N, O, OH, OW = dy.shape
-    _, Cg, KH, KW = weight.shape
-    G, K, P = groups, Cg * groups * KH * KW, OH * OW
-    Og, Kg = O // G, K // G
+    N, OH, OW = dy.shape[0], dy.shape[2], dy.shape[3]
+    O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, (OH, OW), groups)
+    G = groups
     dy3 = dy.reshape((N, O, P))
     dweight = dbias = dx = None
     if need_params:
-        dweight = cuda.device_array((O, Cg, KH, KW), dy.dtype)
+        dweight = cuda.device_array(tuple(weight.shape), dy.dtype)
         gemm_dw(dy.reshape((N * G, Og, P)), cols.reshape((N * G, Kg, P)), G,
                 dweight.reshape((G, Og, Kg)))
         if has_bias:
