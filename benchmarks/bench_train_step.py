@@ -1,7 +1,10 @@
 """One training step (forward, loss, backward, SGD step) of the demo's reference CNN, numbanorm
 vs PyTorch CPU, at the same thread count.
 
-    python benchmarks/bench_train_step.py --threads 2 --batch 128 --steps 20
+    python benchmarks/bench_train_step.py --batch 128 --steps 20
+
+Both frameworks run at the process's defaults (no thread or wait-policy variable is set) unless
+--threads is given, which sets OMP/OpenBLAS/MKL/Numba thread counts before anything loads.
 
 Model: conv(1->32,3x3,pad1)-BN-ReLU-maxpool2-conv(32->64,3x3,pad1)-BN-ReLU-maxpool2-flatten-
 linear(3136->128)-ReLU-linear(128->10) on 28x28 inputs.
@@ -14,7 +17,7 @@ import time
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="set every pool's thread count")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cpu-time", action="store_true",
@@ -22,10 +25,9 @@ def main():
     ap.add_argument("--only", choices=["numbanorm", "torch"], help="time one side only")
     ap.add_argument("--profile", action="store_true", help="time each layer's forward/backward")
     args = ap.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
-    # as numbanorm-demo does (see numbanorm/demo.py); applies to both frameworks in this process
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.threads is not None:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,7 +52,8 @@ def main():
         return loss
 
     import torch
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     tm = torch_model(torch)
     topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
     tcrit = torch.nn.CrossEntropyLoss()
@@ -84,7 +87,7 @@ def main():
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus; "
           f"clock {'process CPU time' if args.cpu_time else 'wall'}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     sides = [("numbanorm", ours), ("torch", theirs)]
     if args.only:
         sides = [s for s in sides if s[0] == args.only]

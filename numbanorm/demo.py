@@ -423,11 +423,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """Run the demo; returns the exit status (0, or 1 when a run diverged)."""
-    # A training step alternates Numba's parallel kernels (OpenMP threads) with OpenBLAS's
-    # gemms (its own threads). Spinning OpenMP threads then steal the cores the gemm needs:
-    # measured here, a step took ~62 ms with passive waiting against ~90-145 ms without.
-    # It must be set before the first parallel kernel; a value the user set is kept.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(argv)
     if not args.distributed:
         return _run(args, None)

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._shapes import conv_dims
-from . import _memory
+from . import _blas, _memory
 
 
 @njit(cache=True)
@@ -96,9 +96,9 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
         w2 = weight.reshape(O, K)
         if fused_bias:
             w2 = np.concatenate((w2, bias.reshape(O, 1)), axis=1)
-        np.matmul(w2, cols, out=y.reshape(N, O, P))
+        _blas.matmul(w2, cols, y.reshape(N, O, P))
     else:
-        np.matmul(weight.reshape(1, G, Og, Kg), cols.reshape(N, G, Kg, P), out=y.reshape(N, G, Og, P))
+        _blas.matmul(weight.reshape(1, G, Og, Kg), cols.reshape(N, G, Kg, P), y.reshape(N, G, Og, P))
         if bias is not None:
             y.reshape(N, O, P)[...] += bias.reshape(1, O, 1)
     return y, cols
@@ -116,22 +116,22 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
         if G == 1:
             # per sample cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS), then a
             # float64 sum over the batch (NumPy's fixed-order reduction)
-            parts = np.matmul(cols, dy3.transpose(0, 2, 1),
-                              out=_memory.empty((N, cols.shape[1], O), dy.dtype))
+            parts = _blas.matmul(cols, dy3.transpose(0, 2, 1), _memory.empty((N, cols.shape[1], O), dy.dtype))
             dwT = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype)
             dweight = np.ascontiguousarray(dwT[:K].T).reshape(weight.shape)
             if has_bias:
                 dbias = np.ascontiguousarray(dwT[K]) if cols.shape[1] > K else \
                     dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
         else:
-            parts = np.matmul(dy3.reshape(N, G, Og, P), cols.reshape(N, G, Kg, P).transpose(0, 1, 3, 2))
+            parts = _blas.matmul(dy3.reshape(N, G, Og, P), cols.reshape(N, G, Kg, P).transpose(0, 1, 3, 2),
+                                 np.empty((N, G, Og, Kg), dy.dtype))
             dweight = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype).reshape(weight.shape)
             if has_bias:
                 dbias = dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
     if need_dx:
         dcols = _memory.empty((N, K, P), dy.dtype)
-        np.matmul(weight.reshape(1, G, Og, Kg).transpose(0, 1, 3, 2), dy3.reshape(N, G, Og, P),
-                  out=dcols.reshape(N, G, Kg, P))
+        _blas.matmul(weight.reshape(1, G, Og, Kg).transpose(0, 1, 3, 2), dy3.reshape(N, G, Og, P),
+                     dcols.reshape(N, G, Kg, P))
         dx = _memory.empty(x_shape, dy.dtype)
         _col2im(dcols, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0],
                 dilation[1], OH, OW, dx)
