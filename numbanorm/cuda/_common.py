@@ -1,12 +1,46 @@
-"""Pieces shared by the GPU kernels: launch sizes, the block reduction, 1-D helpers.
+"""Pieces shared by the GPU kernels: launch sizes, the block reduction, 1-D helpers, and the
+declaration of each kernel's argument types.
 
 Determinism: every reduction has a fixed partition (a function of the shape and the config
 only) and a fixed merge order, and no float atomics are used, so two runs agree bitwise.
+
+Kernel signatures (checked by tests/test_nvvm.py and the launch check in tests/conftest.py):
+every module of numbanorm.cuda that defines `@cuda.jit` kernels (not device functions) has a
+module-level dict `KERNEL_SIGNATURES`, kernel name -> the argument signatures its launchers
+really pass, declared on the line right after the kernel with `float_signatures`:
+
+    @cuda.jit
+    def _fill(out, value): ...
+    KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64")
+
+`{f}` stands for the data dtype, float32 and float64 (a template without it gives one
+signature). Types as Numba infers them at a launch: a C-contiguous n-d device array of dtype
+d is `d[:, ..., ::1]` (any other layout `d[:, ...]`), a Python int `int64`, a float `float64`,
+a bool `boolean`, a NumPy scalar its own type. Launchers coerce their scalars (int(), float(),
+bool()) and pass placeholders of the data dtype for absent arrays, so each kernel needs one
+signature per float dtype and a real GPU compiles each kernel at most twice.
+- tests/test_nvvm.py walks every module of numbanorm.cuda, finds every kernel, and compiles
+  each declared signature with NVIDIA's NVVM (`numba.cuda.compile_ptx`) for compute
+  capability 8.0 and 9.0; it fails on a compile error, on a kernel without a declaration and
+  on a declaration naming no kernel.
+- Under the CUDA simulator, tests/conftest.py types every kernel launch of the test session
+  and fails the launch whose argument types match none of the kernel's declarations.
 """
 import numpy as np
 from numba import cuda
 
 from . import config
+
+FLOAT_TYPES = ("float32", "float64")
+KERNEL_SIGNATURES = {}
+
+
+def float_signatures(*arg_templates):
+    """["void(<args>)", ...] for each template and each data dtype: `{f}` in a template is
+    replaced by float32, then float64; duplicates are dropped, the order kept."""
+    sigs = (f"void({t.format(f=f)})" for t in arg_templates for f in FLOAT_TYPES)
+    return list(dict.fromkeys(sigs))
+
 
 # The CUDA simulator has no warp shuffles; there one thread sums the last 32 partials in the
 # same pairwise order as the shuffle tree, so both paths give identical bits.
@@ -85,16 +119,25 @@ def _fill(out, value):
         out[i] = value
 
 
+KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64")
+
+
 @cuda.jit
 def _copy_cast(src, out):
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[i] = src[i]
 
 
+KERNEL_SIGNATURES["_copy_cast"] = float_signatures("float64[::1], {f}[::1]")
+
+
 @cuda.jit
 def _add(dst, src):
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] += src[i]
+
+
+KERNEL_SIGNATURES["_add"] = float_signatures("{f}[::1], {f}[::1]")
 
 
 def grid_1d(n, t):
@@ -111,7 +154,7 @@ def fill(out, value):
     n = int(np.prod(out.shape, dtype=np.int64))
     if n:
         t = threads()
-        _fill[grid_1d(n, t), t](flat(out), value)
+        _fill[grid_1d(n, t), t](flat(out), float(value))
     return out
 
 

@@ -27,9 +27,10 @@ import numpy as np
 from numba import cuda, float64
 
 from . import config
-from ._common import block_sum2, cdiv, grid_1d, shared_bytes, threads
+from ._common import block_sum2, cdiv, float_signatures, flat, grid_1d, shared_bytes, threads
 
 COLUMN_MIN_C = 32  # (N, C) input with at least this many channels uses the column layout
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 # ---------------------------------------------------------------- stage 1: partial sums
@@ -79,6 +80,11 @@ def _plane_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
         p2[c, p] = a2
 
 
+KERNEL_SIGNATURES["_plane_partials"] = float_signatures(
+    "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
+    "float64[:, ::1], float64[:, ::1]")
+
+
 @cuda.jit
 def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
     """S == 1: thread (column block cb, chunk p) sums channel c over rows [p*chunk, (p+1)*chunk)."""
@@ -112,6 +118,11 @@ def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
     p2[c, p] = a2
 
 
+KERNEL_SIGNATURES["_column_partials"] = float_signatures(
+    "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
+    "float64[:, ::1], float64[:, ::1]")
+
+
 def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
     """Stage 1 for any mode: returns the (C, P) float64 partial arrays (p1, p2)."""
     N, C, S = x.shape
@@ -134,7 +145,7 @@ def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
     dy = x if dy is None else dy
     mean = p1.reshape(C * P) if mean is None else mean  # unused in mode 0
     rstd = mean if rstd is None else rstd
-    kernel[grid, t, 0, shmem](x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2)
+    kernel[grid, t, 0, shmem](x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
     return p1, p2
 
 
@@ -156,6 +167,10 @@ def _merge(p1, p2, out1, out2):
         out2[c] = _sum_row(p2, c)
 
 
+KERNEL_SIGNATURES["_merge"] = float_signatures(
+    "float64[:, ::1], float64[:, ::1], float64[::1], float64[::1]")
+
+
 def merge(p1, p2):
     """Sum (C, P) partials over P in order -> two float64 (C,) arrays."""
     C = p1.shape[0]
@@ -175,6 +190,10 @@ def _stats(p1, p2, x, count, mean, var):
         var[c] = max(_sum_row(p2, c) / count - d * d, 0.0)
 
 
+KERNEL_SIGNATURES["_stats"] = float_signatures(
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, float64[::1], float64[::1]")
+
+
 def stats(x):
     """Per-channel mean and biased variance (float64 (C,) device arrays) of an (N, C, S) array.
 
@@ -186,7 +205,7 @@ def stats(x):
     mean = cuda.device_array(C, np.float64)
     var = cuda.device_array(C, np.float64)
     t = threads()
-    _stats[cdiv(C, t), t](p1, p2, x, N * S, mean, var)
+    _stats[cdiv(C, t), t](p1, p2, x, int(N * S), mean, var)
     return mean, var
 
 
@@ -215,6 +234,15 @@ def _forward_coeffs(p1, p2, x, count, training, eps, momentum, running_mean, run
     offset[c] = float64(bias[c]) if has_bias else 0.0
 
 
+KERNEL_SIGNATURES["_forward_coeffs"] = float_signatures(
+    # running stats: the data dtype, or float64 (SyncBatchNorm's global statistics)
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, boolean, float64, float64, {f}[::1], {f}[::1], "
+    "boolean, {f}[::1], boolean, {f}[::1], boolean, float64[::1], float64[::1], float64[::1], float64[::1]",
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, boolean, float64, float64, float64[::1], "
+    "float64[::1], boolean, {f}[::1], boolean, {f}[::1], boolean, float64[::1], float64[::1], float64[::1], "
+    "float64[::1]")
+
+
 @cuda.jit
 def _affine(u, center, scale, offset, out):
     """out[n, c, s] = (u[n, c, s] - center[c]) * scale[c] + offset[c] over a flat grid-stride loop."""
@@ -226,6 +254,10 @@ def _affine(u, center, scale, offset, out):
         c = r // S
         s = r - c * S
         out[n, c, s] = (float64(u[n, c, s]) - center[c]) * scale[c] + offset[c]
+
+
+KERNEL_SIGNATURES["_affine"] = float_signatures(
+    "{f}[:, :, ::1], float64[::1], float64[::1], float64[::1], {f}[:, :, ::1]")
 
 
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):
@@ -246,14 +278,15 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
         p1, p2 = partial_sums(x, None, None, None, 0, 1, 0)
     else:
         p1 = p2 = mean.reshape(C, 1)  # unused
+    y = cuda.device_array(x.shape, x.dtype)
+    unused = flat(y)[:C]  # placeholder of x's dtype for an absent array (one signature per dtype)
     has_running = running_mean is not None
     _forward_coeffs[cdiv(C, t), t](
-        p1, p2, x, N * S, bool(training), float(eps), float(momentum),
-        running_mean if has_running else mean, running_var if has_running else mean, has_running,
-        weight if weight is not None else mean, weight is not None,
-        bias if bias is not None else mean, bias is not None,
+        p1, p2, x, int(N * S), bool(training), float(eps), float(momentum),
+        running_mean if has_running else unused, running_var if has_running else unused, has_running,
+        weight if weight is not None else unused, weight is not None,
+        bias if bias is not None else unused, bias is not None,
         mean, rstd, scale, offset)
-    y = cuda.device_array(x.shape, x.dtype)
     _affine[grid_1d(N * C * S, t), t](x, mean, scale, offset, y)
     return y, mean, rstd
 
@@ -287,6 +320,11 @@ def _backward_coeffs(sum_dy, sum_dy_xmu, rstd, weight, has_weight, training, cou
         d[c] = 0.0
 
 
+KERNEL_SIGNATURES["_backward_coeffs"] = float_signatures(
+    "float64[::1], float64[::1], float64[::1], {f}[::1], boolean, boolean, float64, "
+    "float64[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
+
+
 @cuda.jit
 def _backward_dx(x, dy, mean, a, b, d, training, dx):
     N, C, S = x.shape
@@ -302,6 +340,11 @@ def _backward_dx(x, dy, mean, a, b, d, training, dx):
             dx[n, c, s] = a[c] * float64(dy[n, c, s])
 
 
+KERNEL_SIGNATURES["_backward_dx"] = float_signatures(
+    "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], float64[::1], float64[::1], "
+    "boolean, {f}[:, :, ::1]")
+
+
 def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, count):
     """BatchNorm backward given the reductions over `count` values per channel.
 
@@ -313,10 +356,10 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
     N, C, S = x.shape
     t = threads()
     dweight, dbias, a, b, d = (cuda.device_array(C, np.float64) for _ in range(5))
-    _backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
-                                    weight if weight is not None else rstd, weight is not None,
-                                    bool(training), float(count), dweight, dbias, a, b, d)
     dx = cuda.device_array(x.shape, x.dtype)
+    _backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
+                                    weight if weight is not None else flat(dx)[:C], weight is not None,
+                                    bool(training), float(count), dweight, dbias, a, b, d)
     _backward_dx[grid_1d(N * C * S, t), t](x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
 

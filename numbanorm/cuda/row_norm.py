@@ -21,7 +21,9 @@ import numpy as np
 from numba import cuda, float64
 
 from . import channel_norm, config
-from ._common import block_sum2, cdiv, shared_bytes, threads
+from ._common import block_sum2, cdiv, float_signatures, shared_bytes, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 def _row_blocks(R):
@@ -58,6 +60,11 @@ def _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd):
             y[r, j] = (float64(x[r, j]) - m) * (rs * weight[ch]) + bias[ch]
 
 
+KERNEL_SIGNATURES["_forward"] = float_signatures(
+    "{f}[:, ::1], {f}[::1], {f}[::1], int64, int64, int64, float64, {f}[:, ::1], "
+    "float64[::1], float64[::1]")
+
+
 def forward(x, weight, bias, G, Cg, S, eps):
     """Row-norm forward. weight/bias: (G*Cg,) device arrays of x's dtype (ones/zeros when absent).
 
@@ -68,7 +75,7 @@ def forward(x, weight, bias, G, Cg, S, eps):
     y = cuda.device_array((R, M), x.dtype)
     mean = cuda.device_array(R, np.float64)
     rstd = cuda.device_array(R, np.float64)
-    _forward[_row_blocks(R), t, 0, shared_bytes(t)](x, weight, bias, G, Cg, S, float(eps),
+    _forward[_row_blocks(R), t, 0, shared_bytes(t)](x, weight, bias, int(G), int(Cg), int(S), float(eps),
                                                             y, mean, rstd)
     return y, mean, rstd
 
@@ -99,6 +106,11 @@ def _backward_dx(x, dy, mean, rstd, weight, G, Cg, S, dx):
             dx[r, j] = rs * (weight[base + j // S] * float64(dy[r, j]) - f1 - xh * f2)
 
 
+KERNEL_SIGNATURES["_backward_dx"] = float_signatures(
+    "{f}[:, ::1], {f}[:, ::1], float64[::1], float64[::1], {f}[::1], int64, int64, int64, "
+    "{f}[:, ::1]")
+
+
 def backward(x, dy, mean, rstd, weight, G, Cg, S):
     """Row-norm backward -> (dx, dweight, dbias); dweight/dbias float64 (G*Cg,) device arrays.
 
@@ -108,7 +120,7 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     t = threads()
     dx = cuda.device_array((R, M), x.dtype)
     _backward_dx[_row_blocks(R), t, 0, shared_bytes(t)](x, dy, mean, rstd, weight,
-                                                                G, Cg, S, dx)
+                                                                int(G), int(Cg), int(S), dx)
     N = R // G
     x3 = x.reshape(N, G * Cg, S)
     dy3 = dy.reshape(N, G * Cg, S)
@@ -133,6 +145,10 @@ def _instance_running_update(mean, rstd, eps, N, S, running_mean, running_var, m
         sv += (1.0 / (rs * rs) - eps) * (S / (S - 1.0))
     running_mean[c] = running_mean[c] * (1.0 - momentum) + momentum * (sm / N)
     running_var[c] = running_var[c] * (1.0 - momentum) + momentum * (sv / N)
+
+
+KERNEL_SIGNATURES["_instance_running_update"] = float_signatures(
+    "float64[::1], float64[::1], float64, int64, int64, {f}[::1], {f}[::1], float64")
 
 
 def instance_running_update(mean, rstd, eps, N, C, S, running_mean, running_var, momentum):
