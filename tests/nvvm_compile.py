@@ -43,12 +43,16 @@ def toolkit_version():
 def main(cc_text):
     cc = tuple(int(v) for v in cc_text.split("."))
     assert os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"), "needs the real CUDA target"
-    from numba import cuda
-    from numba.cuda import dispatcher
-    from numba.cuda.cudadrv import nvvm
+    try:
+        from numba import cuda
+        from numba.cuda import dispatcher
+        from numba.cuda.cudadrv import nvvm
 
-    if not nvvm.is_available():
-        print(json.dumps({"cc": cc_text, "nvvm": None, "problems": [], "results": []}))
+        missing = None if nvvm.is_available() else "libnvvm not found"
+    except ImportError as e:
+        missing = f"numba-cuda not importable ({e})"
+    if missing:
+        print(json.dumps({"cc": cc_text, "nvvm": None, "missing": missing, "problems": [], "results": []}))
         return
     device = types.SimpleNamespace(compute_capability=cc)
     dispatcher.get_current_device = lambda: device
