@@ -10,8 +10,10 @@ for dcols and a col2im that gathers (one thread per dx element, fixed order; no 
 from numba import cuda, float64
 
 from .._shapes import conv_dims
-from ._common import block_sum2, grid_1d, shared_bytes, threads
+from ._common import block_sum2, float_signatures, grid_1d, shared_bytes, threads
 from .gemm import gemm, gemm_dw
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -32,6 +34,10 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
             cols[n, row, p] = x[n, c, ih, iw]
         else:
             cols[n, row, p] = 0.0
+
+
+KERNEL_SIGNATURES["_im2col"] = float_signatures(
+    "{f}[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, {f}[:, :, ::1]")
 
 
 @cuda.jit
@@ -62,6 +68,10 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
         dx[n, c, h, w] = acc
 
 
+KERNEL_SIGNATURES["_col2im"] = float_signatures(
+    "{f}[:, :, ::1], int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, {f}[:, :, :, ::1]")
+
+
 @cuda.jit
 def _channel_sum(dy, out):
     """out[o] = sum over (n, p) of dy[n, o, p]; one block per o (block reduction)."""
@@ -74,6 +84,10 @@ def _channel_sum(dy, out):
     s, _ = block_sum2(acc, 0.0, shm)
     if cuda.threadIdx.x == 0:
         out[o] = s
+
+
+KERNEL_SIGNATURES["_channel_sum"] = float_signatures(
+    "{f}[:, :, ::1], {f}[::1]")
 
 
 def _launch_1d(kernel, n, *args):

@@ -6,7 +6,9 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import dropout_at, dropout_backward_at, relu_at, relu_backward_at
-from ._common import flat, grid_1d, threads
+from ._common import flat, float_signatures, grid_1d, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -15,10 +17,18 @@ def _relu(x, y):
         relu_at(i, x, y)
 
 
+KERNEL_SIGNATURES["_relu"] = float_signatures(
+    "{f}[::1], {f}[::1]")
+
+
 @cuda.jit
 def _relu_backward(dy, y, dx):
     for i in range(cuda.grid(1), dy.shape[0], cuda.gridsize(1)):
         relu_backward_at(i, dy, y, dx)
+
+
+KERNEL_SIGNATURES["_relu_backward"] = float_signatures(
+    "{f}[::1], {f}[::1], {f}[::1]")
 
 
 @cuda.jit
@@ -27,10 +37,18 @@ def _dropout(x, p, scale, seed, y, mask):
         dropout_at(i, x, p, scale, seed, y, mask)
 
 
+KERNEL_SIGNATURES["_dropout"] = float_signatures(
+    "{f}[::1], float64, float64, uint64, {f}[::1], uint8[::1]")
+
+
 @cuda.jit
 def _dropout_backward(dy, mask, scale, dx):
     for i in range(cuda.grid(1), dy.shape[0], cuda.gridsize(1)):
         dropout_backward_at(i, dy, mask, scale, dx)
+
+
+KERNEL_SIGNATURES["_dropout_backward"] = float_signatures(
+    "{f}[::1], uint8[::1], float64, {f}[::1]")
 
 
 def _launch(kernel, n, *args):

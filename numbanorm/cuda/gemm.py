@@ -11,11 +11,13 @@ import os
 
 from numba import cuda, float64
 
-from ._common import cdiv
+from ._common import cdiv, float_signatures
 
 # tile edge (TILE x TILE threads per block); small under the simulator (a Python thread per
 # CUDA thread). A compile-time constant of the kernels.
 TILE = 8 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 16
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -61,6 +63,10 @@ def _gemm(A, B, C, ta, tb, bias, bias_mode, accumulate):
             C[z, row, col] = acc
 
 
+KERNEL_SIGNATURES["_gemm"] = float_signatures(
+    "{f}[:, :, ::1], {f}[:, :, ::1], {f}[:, :, ::1], boolean, boolean, {f}[::1], int64, boolean")
+
+
 def gemm(A, B, C, ta=False, tb=False, bias=None, bias_mode=0, accumulate=False):
     """C (Z, M, N) = op(A) @ op(B) per z (see the module docstring); A and B are 3-D."""
     Z, M, N = C.shape
@@ -102,6 +108,10 @@ def _gemm_dw(dy, cols, G, dw):
         cuda.syncthreads()
     if row < O and col < K:
         dw[g, row, col] = acc
+
+
+KERNEL_SIGNATURES["_gemm_dw"] = float_signatures(
+    "{f}[:, :, ::1], {f}[:, :, ::1], int64, {f}[:, :, ::1]")
 
 
 def gemm_dw(dy, cols, groups, dw):

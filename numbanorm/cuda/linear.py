@@ -2,8 +2,10 @@
 y (M, F_out) = x @ weight.T + bias, with the tiled gemm of cuda/gemm.py."""
 from numba import cuda
 
-from ._common import grid_1d, threads
+from ._common import float_signatures, grid_1d, threads
 from .gemm import gemm
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -15,6 +17,10 @@ def _column_sum(a, out):
         for r in range(M):
             acc += a[r, f]
         out[f] = acc
+
+
+KERNEL_SIGNATURES["_column_sum"] = float_signatures(
+    "{f}[:, ::1], {f}[::1]")
 
 
 def forward(x, weight, bias):

@@ -5,7 +5,9 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import cross_entropy_backward_at, cross_entropy_row
-from ._common import grid_1d, threads
+from ._common import float_signatures, grid_1d, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -14,10 +16,18 @@ def _forward(logits, labels, ignore_index, smoothing, probs, losses, status):
         cross_entropy_row(r, logits, labels, ignore_index, smoothing, probs, losses, status)
 
 
+KERNEL_SIGNATURES["_forward"] = float_signatures(
+    "{f}[:, ::1], int64[::1], int64, float64, {f}[:, ::1], float64[::1], uint8[::1]")
+
+
 @cuda.jit
 def _backward(probs, labels, ignore_index, smoothing, row_scale, dlogits):
     for e in range(cuda.grid(1), probs.shape[0] * probs.shape[1], cuda.gridsize(1)):
         cross_entropy_backward_at(e, probs, labels, ignore_index, smoothing, row_scale, dlogits)
+
+
+KERNEL_SIGNATURES["_backward"] = float_signatures(
+    "{f}[:, ::1], int64[::1], int64, float64, float64[::1], {f}[:, ::1]")
 
 
 def forward(logits, labels, ignore_index, smoothing):

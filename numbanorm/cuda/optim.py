@@ -4,7 +4,9 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import adam_at, sgd_at
-from ._common import flat, grid_1d, threads
+from ._common import flat, float_signatures, grid_1d, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -13,10 +15,19 @@ def _sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
         sgd_at(i, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
 
 
+KERNEL_SIGNATURES["_sgd"] = float_signatures(
+    "{f}[::1], {f}[::1], {f}[::1], float64, float64, float64, float64, boolean, boolean")
+
+
 @cuda.jit
 def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad):
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         adam_at(i, p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad)
+
+
+KERNEL_SIGNATURES["_adam"] = float_signatures(
+    "{f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], float64, float64, float64, float64, float64, "
+    "float64, float64, boolean")
 
 
 def _grid(p):

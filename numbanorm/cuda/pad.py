@@ -2,7 +2,9 @@
 gathered through a source map, and the backward sum in the map's source order (no atomics)."""
 from numba import cuda
 
-from ._common import grid_1d, threads
+from ._common import float_signatures, grid_1d, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -11,6 +13,10 @@ def _gather(x, source, out):
     for e in range(cuda.grid(1), out.shape[0] * Q, cuda.gridsize(1)):
         r = e // Q
         out[r, e - r * Q] = x[r, source[e - r * Q]]
+
+
+KERNEL_SIGNATURES["_gather"] = float_signatures(
+    "{f}[:, ::1], int64[::1], {f}[:, ::1]")
 
 
 @cuda.jit
@@ -23,6 +29,10 @@ def _scatter_sum(dxp, order, starts, dx):
         for k in range(starts[s], starts[s + 1]):
             acc += dxp[r, order[k]]
         dx[r, s] = acc
+
+
+KERNEL_SIGNATURES["_scatter_sum"] = float_signatures(
+    "{f}[:, ::1], int64[::1], int64[::1], {f}[:, ::1]")
 
 
 def gather(x, source):

@@ -5,7 +5,9 @@ import numpy as np
 from numba import cuda
 
 from .._shapes import avg_pool_divisor
-from ._common import grid_1d, threads
+from ._common import float_signatures, grid_1d, threads
+
+KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
 
 @cuda.jit
@@ -31,6 +33,10 @@ def _max_forward(x, kh, kw, sh, sw, ph, pw, y, idx):
                     arg = h * W + w
         y[n, c, oh, ow] = best
         idx[n, c, oh, ow] = arg
+
+
+KERNEL_SIGNATURES["_max_forward"] = float_signatures(
+    "{f}[:, :, :, ::1], int64, int64, int64, int64, int64, int64, {f}[:, :, :, ::1], int32[:, :, :, ::1]")
 
 
 @cuda.jit
@@ -61,6 +67,11 @@ def _pool_backward(dy, idx, kh, kw, sh, sw, ph, pw, is_max, count_include_pad, d
         dx[n, c, h, w] = acc
 
 
+KERNEL_SIGNATURES["_pool_backward"] = float_signatures(
+    "{f}[:, :, :, ::1], int32[:, :, :, ::1], int64, int64, int64, int64, int64, int64, "
+    "boolean, boolean, {f}[:, :, :, ::1]")
+
+
 @cuda.jit
 def _avg_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     N, C, H, W = x.shape
@@ -77,6 +88,10 @@ def _avg_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
             for w in range(max(w0, 0), min(w0 + kw, W)):
                 acc += x[n, c, h, w]
         y[n, c, oh, ow] = acc / avg_pool_divisor(oh, ow, kh, kw, sh, sw, ph, pw, H, W, count_include_pad)
+
+
+KERNEL_SIGNATURES["_avg_forward"] = float_signatures(
+    "{f}[:, :, :, ::1], int64, int64, int64, int64, int64, int64, boolean, {f}[:, :, :, ::1]")
 
 
 def _launch(kernel, shape, *args):
