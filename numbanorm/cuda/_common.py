@@ -16,9 +16,10 @@ really pass, declared on the line right after the kernel with `float_signatures`
 `{f}` stands for the data dtype, float32 and float64 (a template without it gives one
 signature). Types as Numba infers them at a launch: a C-contiguous n-d device array of dtype
 d is `d[:, ..., ::1]` (any other layout `d[:, ...]`), a Python int `int64`, a float `float64`,
-a bool `boolean`, a NumPy scalar its own type. Launchers coerce their scalars (int(), float(),
-bool()) and pass placeholders of the data dtype for absent arrays, so each kernel needs one
-signature per float dtype and a real GPU compiles each kernel at most twice.
+a bool `boolean`, a NumPy scalar its own type. So launchers pass Python scalars (int(),
+float(), bool() on values that may come from a caller) and placeholders of the data dtype for
+absent arrays: each kernel then needs one signature per float dtype (a real GPU compiles it at
+most twice), and a new module or kernel needs nothing but its KERNEL_SIGNATURES entries.
 - tests/test_nvvm.py walks every module of numbanorm.cuda, finds every kernel, and compiles
   each declared signature with NVIDIA's NVVM (`numba.cuda.compile_ptx`) for compute
   capability 8.0 and 9.0; it fails on a compile error, on a kernel without a declaration and
