@@ -141,18 +141,18 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
             f"Expected more than 1 value per channel when training, got 1 value per channel over "
             f"all {comm.Get_size()} ranks (this rank's input size {tuple(x.shape)})"
         )
-    saved = F.Saved(op="sync_batch_norm", backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
-                      has_weight=weight is not None, has_bias=bias is not None, count=int(count),
-                      comm=comm, training=True)
+    fields = dict(op="sync_batch_norm", backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
+                  has_weight=weight is not None, has_bias=bias is not None, count=int(count),
+                  comm=comm, training=True)
     var = m2 / count if count > 0 else np.zeros(C)
     if count > 0 and running_mean is not None:
         _update_running(be, running_mean, running_var, mean, m2 / (count - 1), momentum)
     if N * S == 0:  # empty local batch: took part in the collective, nothing to normalize
-        return be.empty(tuple(x.shape), dtype), saved
+        return be.empty(tuple(x.shape), dtype), F.Saved(**fields)
     # normalize with the global statistics: the eval-mode kernel with them as "running" stats
     y3, mean_b, rstd_b = be.channel_norm.forward(x3, weight, bias, eps, False,
                                                  _on_backend(be, mean), _on_backend(be, var), 0.0)
-    saved.x, saved.mean, saved.rstd = x3, mean_b, rstd_b
+    saved = F.Saved(x=x3, mean=mean_b, rstd=rstd_b, **fields)
     return y3.reshape(tuple(x.shape)), saved
 
 

@@ -3,11 +3,43 @@
 A forward returns (y, saved); saved is a `Saved` naming the op that made it (`saved.op`) and
 holding what the matching backward needs. A backward validates dy against saved before it
 computes anything, and never changes saved: a rejected call can be corrected and retried.
+
+Saved state keeps references to the forward's arrays (x, weight, ...), not copies: changing
+them in place between a forward and its backward changes the gradient. Debug mode
+(`numbanorm.set_debug(True)` or the environment variable NUMBANORM_DEBUG=1) catches that:
+every `Saved` fingerprints its arrays (CRC-32 of the bytes, device arrays copied to the host)
+when it is made, and `check_saved`, which every backward calls first, raises RuntimeError
+naming the array that changed. With debug off this costs one flag check per call.
 """
 import math
+import os
+import zlib
+
+import numpy as np
 
 from .. import _backend
 from .. import _validate as check
+
+_debug = os.environ.get("NUMBANORM_DEBUG", "").strip() not in ("", "0")
+
+
+def set_debug(flag: bool) -> None:
+    """Turn debug mode on or off (see the module docstring); it starts as NUMBANORM_DEBUG says.
+    Only forwards run while it is on are checked by their backward."""
+    global _debug
+    _debug = bool(flag)
+
+
+def debug_enabled() -> bool:
+    """True while debug mode is on."""
+    return _debug
+
+
+def fingerprint(a):
+    """(shape, dtype, CRC-32 of the bytes) of a NumPy or device array: cheap, and different
+    after practically any in-place change."""
+    host = a if isinstance(a, np.ndarray) else a.copy_to_host()
+    return tuple(host.shape), host.dtype.str, zlib.crc32(np.ascontiguousarray(host).view(np.uint8))
 
 
 class Saved:
@@ -17,9 +49,13 @@ class Saved:
     op = backend = family = shape = dtype = x = mean = rstd = weight = None
     has_weight = has_bias = training = False
     param_shape = groups = channels_per_group = spatial = None
+    fingerprints = None  # debug mode: {field name: fingerprint} of the arrays held
 
     def __init__(self, **fields):
         self.__dict__.update(fields)
+        if _debug:
+            self.fingerprints = {name: fingerprint(v) for name, v in fields.items()
+                                 if _backend.device_of(v) is not None}
 
 
 def prod(dims):
@@ -28,11 +64,20 @@ def prod(dims):
 
 
 def check_saved(saved, *ops):
-    """saved must come from one of the forwards named by ops."""
+    """saved must come from one of the forwards named by ops; in debug mode, its arrays must
+    be unchanged since that forward (RuntimeError naming the one that changed)."""
     if not isinstance(saved, Saved) or saved.op not in ops:
         made_by = saved.op if isinstance(saved, Saved) else type(saved).__name__
         raise TypeError(f"saved must be the second value returned by {' or '.join(ops)}, "
                         f"got one from {made_by}")
+    if saved.fingerprints is not None:
+        for name, before in saved.fingerprints.items():
+            if fingerprint(getattr(saved, name)) != before:
+                raise RuntimeError(
+                    f"{name} saved by the {saved.op} forward was modified in place before its "
+                    f"backward (numbanorm debug mode): the gradient would be wrong. Do not change "
+                    f"an op's inputs or parameters between its forward and backward, or pass a copy."
+                )
 
 
 def grad_output(dy, saved):

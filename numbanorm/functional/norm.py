@@ -12,8 +12,9 @@ Formulas (biased variance for normalization, unbiased for running_var):
   y = (x - mean) / sqrt(var + eps) * weight + bias
   running = (1 - momentum) * running + momentum * batch_statistic
 
-`saved` keeps a reference to x (no copy): modifying x in place before the backward changes
-the gradient, as it would for any framework that does not copy its inputs.
+`saved` keeps a reference to x and weight (no copy): do not modify them in place between a
+forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
+NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
 """
 from .. import _backend
 from .. import _validate as check

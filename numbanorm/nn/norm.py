@@ -10,7 +10,14 @@ from .module import Module, Parameter, float_dtype
 
 
 class _Norm(Module):
-    """Shared by every norm layer: keeps the forward's `saved` for one backward."""
+    """Shared by every norm layer: keeps the forward's `saved` for one backward.
+
+    A rejected call changes nothing: forward checks x (`_check_input`) before any statistic
+    moves, and `_backward` hands the saved state to the functional backward, which checks dy
+    (and, in debug mode, that the saved arrays are unchanged) before computing; only after it
+    succeeds are the saved state dropped and the gradients accumulated.
+    """
+    _input_ndims = None  # allowed x.ndim values, None: any (the functional op checks)
 
     def __init__(self, device):
         super().__init__(device)
@@ -19,20 +26,23 @@ class _Norm(Module):
     def _array(self, value, shape, dtype):
         return _backend.transfer(np.full(shape, value, dtype), self.device)
 
-    def _take_saved(self):
+    def _backward(self, functional_backward, dy):
+        """dx of functional_backward(dy, saved) -> (dx, dweight, dbias); consumes the saved
+        state and accumulates weight.grad / bias.grad only when it succeeds."""
         saved = self._saved
         if saved is None:
             raise ValueError(f"{type(self).__name__}.backward called before forward (or twice for one forward)")
+        dx, dweight, dbias = functional_backward(dy, saved)
         object.__setattr__(self, "_saved", None)
-        return saved
-
-    def _store_grads(self, dweight, dbias):
         self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
         self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
+        return dx
 
     def _check_input(self, x):
+        """x must be an array (the functional API's TypeError naming x) of an accepted ndim."""
+        _backend.select(x=x)
         ndims = self._input_ndims
-        if len(x.shape) not in ndims:
+        if ndims is not None and len(x.shape) not in ndims:
             want = " or ".join(f"{d}D" for d in ndims)
             raise ValueError(f"{type(self).__name__} expected {want} input, got shape {tuple(x.shape)}")
 
@@ -105,15 +115,13 @@ class _BatchNorm(_NormBase):
                                 self.running_mean if pass_running else None,
                                 self.running_var if pass_running else None,
                                 use_batch_stats, momentum, self.eps)
-        if counting and int(np.prod(x.shape)) > 0:
+        if counting:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
         object.__setattr__(self, "_saved", saved)
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.batch_norm_backward(dy, self._take_saved())
-        self._store_grads(dweight, dbias)
-        return dx
+        return self._backward(F.batch_norm_backward, dy)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -149,9 +157,7 @@ class _InstanceNorm(_NormBase):
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.instance_norm_backward(dy, self._take_saved())
-        self._store_grads(dweight, dbias)
-        return dx
+        return self._backward(F.instance_norm_backward, dy)
 
 
 class InstanceNorm1d(_InstanceNorm):
@@ -184,6 +190,7 @@ class LayerNorm(_Norm):
         self.bias = Parameter(self._array(0.0, shape, dtype)) if elementwise_affine and bias else None
 
     def forward(self, x):
+        self._check_input(x)
         y, saved = F.layer_norm(x, self.normalized_shape,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
@@ -191,9 +198,7 @@ class LayerNorm(_Norm):
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.layer_norm_backward(dy, self._take_saved())
-        self._store_grads(dweight, dbias)
-        return dx
+        return self._backward(F.layer_norm_backward, dy)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -215,6 +220,7 @@ class GroupNorm(_Norm):
         self.bias = Parameter(self._array(0.0, (num_channels,), dtype)) if affine else None
 
     def forward(self, x):
+        self._check_input(x)
         if len(x.shape) >= 2 and int(x.shape[1]) != self.num_channels:
             raise ValueError(f"GroupNorm expected {self.num_channels} channels (x.shape[1]), got {int(x.shape[1])}")
         y, saved = F.group_norm(x, self.num_groups,
@@ -224,9 +230,7 @@ class GroupNorm(_Norm):
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.group_norm_backward(dy, self._take_saved())
-        self._store_grads(dweight, dbias)
-        return dx
+        return self._backward(F.group_norm_backward, dy)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

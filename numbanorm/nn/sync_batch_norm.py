@@ -34,15 +34,13 @@ class SyncBatchNorm(_BatchNorm):
         weight, bias = self._params()
         y, saved = D.sync_batch_norm(x, weight, bias, self.running_mean, self.running_var,
                                      True, momentum, self.eps, self.comm)
-        if self.track_running_stats and saved.count > 0:  # global count: same on every rank
+        if self.track_running_stats:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
         object.__setattr__(self, "_saved", saved)
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = D.sync_batch_norm_backward(dy, self._take_saved())
-        self._store_grads(dweight, dbias)
-        return dx
+        return self._backward(D.sync_batch_norm_backward, dy)
 
     @classmethod
     def convert_sync_batchnorm(cls, module, comm=None):
