@@ -36,9 +36,19 @@ work under `abort_on_error` (or `run_or_abort`): it prints the rank and tracebac
 calls `comm.Abort(1)`, which makes mpiexec kill every rank and exit non-zero. (A rank that dies
 outright -- killed, os._exit -- is detected by mpiexec itself, which then kills the others.)
 `python -m mpi4py script.py` gives the same abort-on-uncaught-exception behaviour.
+Watchdog: a rank that stays alive but never enters a collective (stuck, or looping) would
+still hang the others, and a blocking MPI call cannot be interrupted from Python. So every
+collective here is non-blocking (Iallgather, Iallreduce, Ibcast, Ibarrier) and polled with
+Test() against a deadline, sleeping briefly between polls (a waiting rank does not burn a core).
+Past the timeout -- 300 s by default; `set_timeout(seconds)` or the environment variable
+NUMBANORM_MPI_TIMEOUT -- the waiting rank prints which collective, its rank and the time waited
+to stderr and calls comm.Abort(1): every rank of the job ends with a non-zero exit.
 Checkpoints: `save_on_root` writes on rank 0 only, atomically (temp file + os.replace).
 """
 import contextlib
+import math
+import os
+import pickle
 import sys
 import time
 import traceback
@@ -61,6 +71,82 @@ def _mpi():
 
 def _comm(comm):
     return _mpi().COMM_WORLD if comm is None else comm
+
+
+# ---------------------------------------------------------------- watchdog
+
+DEFAULT_TIMEOUT = 300.0
+_timeout = None  # None: NUMBANORM_MPI_TIMEOUT, else DEFAULT_TIMEOUT
+
+
+def _check_timeout(name, value):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}") from None
+    if not seconds > 0:  # rejects NaN too; math.inf means no timeout
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def set_timeout(seconds: float | None) -> None:
+    """How long a rank waits in one collective before it aborts the job (seconds > 0;
+    math.inf: forever; None: back to NUMBANORM_MPI_TIMEOUT or the default, 300 s)."""
+    global _timeout
+    _timeout = None if seconds is None else _check_timeout("seconds", seconds)
+
+
+def get_timeout() -> float:
+    """The collective timeout in seconds now in force (see set_timeout)."""
+    if _timeout is not None:
+        return _timeout
+    env = os.environ.get("NUMBANORM_MPI_TIMEOUT")
+    return DEFAULT_TIMEOUT if env in (None, "") else _check_timeout("NUMBANORM_MPI_TIMEOUT", env)
+
+
+def _wait(request, comm, what):
+    """Complete a non-blocking collective, or abort the job once get_timeout() has passed."""
+    if request.Test():
+        return
+    timeout = get_timeout()
+    start = time.monotonic()
+    pause = 1e-5
+    while not request.Test():
+        waited = time.monotonic() - start
+        if waited > timeout:
+            rank, size = comm.Get_rank(), comm.Get_size()
+            sys.stderr.write(
+                f"numbanorm.distributed: rank {rank} of {size} waited {waited:.1f} s in {what} "
+                f"(timeout {timeout:g} s, set by numbanorm.distributed.set_timeout or "
+                f"NUMBANORM_MPI_TIMEOUT): another rank never entered it; aborting all ranks\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            time.sleep(0.2)  # let mpiexec forward the message before Abort tears the job down
+            comm.Abort(1)
+        time.sleep(pause)
+        pause = min(2 * pause, 1e-3)  # fast for quick collectives, at most 1 ms late otherwise
+
+
+def _allgather(comm, send, recv, what):
+    _wait(comm.Iallgather(send, recv), comm, f"Allgather ({what})")
+
+
+def _allreduce(comm, send, recv, what):
+    _wait(comm.Iallreduce(send, recv), comm, f"Allreduce ({what})")
+
+
+def _barrier(comm, what):
+    _wait(comm.Ibarrier(), comm, f"Barrier ({what})")
+
+
+def _bcast_object(obj, comm, root, what):
+    """comm.bcast(obj, root) with the watchdog: the pickled size, then the bytes, by Ibcast."""
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if comm.Get_rank() == root else b""
+    size = np.array([len(payload)], np.int64)
+    _wait(comm.Ibcast(size, root=root), comm, f"Bcast ({what}, size)")
+    buf = np.frombuffer(payload, np.uint8).copy() if comm.Get_rank() == root else np.empty(int(size[0]), np.uint8)
+    _wait(comm.Ibcast(buf, root=root), comm, f"Bcast ({what})")
+    return obj if comm.Get_rank() == root else pickle.loads(buf.tobytes())
 
 
 def _host(a):
@@ -109,7 +195,7 @@ def _global_stats(be, x3, comm):
         local[1] = _host(mean)
         local[2] = _host(var) * count
     parts = np.empty((comm.Get_size(), 3, C))
-    comm.Allgather(local, parts)
+    _allgather(comm, local, parts, "SyncBatchNorm forward statistics")
     n, mean, m2 = merge_stats(parts)
     return n, mean, m2
 
@@ -192,7 +278,7 @@ def sync_batch_norm_backward(dy, saved):
         sum_dy, sum_dy_xmu = be.channel_norm.backward_sums(saved.x, dy3, saved.mean)
         local[0], local[1] = _host(sum_dy), _host(sum_dy_xmu)
     total = np.empty_like(local)
-    saved.comm.Allreduce(local, total)  # the one message of the backward
+    _allreduce(saved.comm, local, total, "SyncBatchNorm backward sums")  # the one message
     if saved.x is None:
         dx = be.empty(saved.shape, saved.dtype)
         dw = be.full((C,), 0.0, saved.dtype) if saved.has_weight else None
@@ -260,7 +346,7 @@ def _reduce_bucket(bucket, n, dtype, comm, divisor):
             flat[o:o + k] = _grad_to_host(p.grad).reshape(-1)
         offsets.append((o, k))
         o += k
-    comm.Allreduce(_mpi().IN_PLACE, flat)
+    _allreduce(comm, _mpi().IN_PLACE, flat, "allreduce_gradients")
     if divisor != 1:
         flat /= divisor
     for p, (o, k) in zip(bucket, offsets):
@@ -280,7 +366,7 @@ def broadcast_parameters(module, comm=None, root=0):
     """Copy the parameters and buffers (state_dict) of `module` on rank `root` to every rank."""
     comm = _comm(comm)
     state = module.state_dict() if comm.Get_rank() == root else None
-    state = comm.bcast(state, root=root)
+    state = _bcast_object(state, comm, root, "broadcast_parameters")
     module.load_state_dict(state)
     return module
 
@@ -358,7 +444,7 @@ def save_on_root(path, state, comm=None, root=0):
             # np.savez converts each value as it writes it (device arrays copy to the host)
             np.savez(f, **{k: (v.copy_to_host() if hasattr(v, "copy_to_host") else v)
                            for k, v in state.items()})
-    comm.Barrier()
+    _barrier(comm, "save_on_root")
 
 
 def is_root(comm=None, root=0):

@@ -272,3 +272,57 @@ def test_demo_distributed_tracks_single_process(warm, tmp_path):
     print("\ndemo max |1 process - 3 ranks|: " + " ".join(f"{k}={v:.1e}" for k, v in worst.items()))
     for k, v in worst.items():
         assert v <= 1e-5 * (1 + float(np.max(np.abs(a[k])))), (k, v)
+
+
+# ---------------------------------------------------------------- watchdog
+
+WATCHDOG_TIMEOUT = 2.0  # seconds
+
+
+@needs_mpi
+@pytest.mark.parametrize("where", ["forward", "grads", "broadcast", "save"])
+def test_stuck_rank_is_aborted_by_the_watchdog(warm, tmp_path, where):
+    """One rank stays alive but never enters the collective (it sleeps 120 s); the other waits
+    in it. The watchdog must end the job, non-zero for every rank, within the timeout plus a few
+    seconds of the moment the waiting rank entered, naming the collective, the rank and the
+    time waited."""
+    import time
+
+    waiting = 1 if where == "broadcast" else 0  # the root of the broadcast is the stuck one
+
+    start = time.time()
+    res = mpirun(2, "stuck.py", where, WATCHDOG_TIMEOUT, tmp_path / "ckpt.npz", timeout=60)
+    ended = time.time()
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "woke up" not in res.stdout and "finished" not in res.stdout, res.stdout
+    entered = float(res.stdout.split(f"rank {waiting} entering")[1].split(" at ")[1].split()[0])
+    assert start < entered < ended
+    assert ended - entered < WATCHDOG_TIMEOUT + 5, f"the job took {ended - entered:.1f} s after rank 0 entered"
+    what = {"forward": "Allgather (SyncBatchNorm forward", "grads": "Allreduce (allreduce_gradients",
+            "broadcast": "Bcast (broadcast_parameters", "save": "Barrier (save_on_root"}[where]
+    msg = [line for line in res.stderr.splitlines() if f"numbanorm.distributed: rank {waiting} of 2 waited" in line]
+    assert msg and what in msg[0] and "aborting all ranks" in msg[0], res.stderr
+    waited = float(msg[0].split("waited ")[1].split(" s")[0])
+    assert WATCHDOG_TIMEOUT <= waited < WATCHDOG_TIMEOUT + 1
+    assert not (tmp_path / "ckpt.npz").exists() or where == "save"
+
+
+def test_watchdog_timeout_settings(monkeypatch):
+    """set_timeout, NUMBANORM_MPI_TIMEOUT and the 300 s default; bad values name the setting."""
+    monkeypatch.delenv("NUMBANORM_MPI_TIMEOUT", raising=False)
+    D.set_timeout(None)
+    assert D.get_timeout() == 300.0
+    monkeypatch.setenv("NUMBANORM_MPI_TIMEOUT", "7.5")
+    assert D.get_timeout() == 7.5
+    D.set_timeout(3)
+    try:
+        assert D.get_timeout() == 3.0
+        for bad in (0, -1, float("nan"), "soon"):
+            with pytest.raises(ValueError, match="seconds must be a positive number"):
+                D.set_timeout(bad)
+        assert D.get_timeout() == 3.0
+    finally:
+        D.set_timeout(None)
+    monkeypatch.setenv("NUMBANORM_MPI_TIMEOUT", "never")
+    with pytest.raises(ValueError, match="NUMBANORM_MPI_TIMEOUT must be a positive number"):
+        D.get_timeout()
