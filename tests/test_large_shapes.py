@@ -1,0 +1,116 @@
+"""Every norm, forward and backward, against tests/reference.py at shapes past every parallel
+threshold of the CPU kernels (planes over 16,384 elements, row counts that do not divide into
+tasks, many channels, long rows): an off-by-one in a parallel branch's task count fails here."""
+import numpy as np
+import pytest
+
+from numbanorm import functional as F
+
+from . import reference as ref
+
+rng = np.random.default_rng(7)
+
+
+def close(got, want, tol=1e-9):
+    want = np.asarray(want, np.float64)
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - want))) if want.size else 0.0
+    assert err <= tol * (1 + float(np.max(np.abs(want)))), err
+
+
+def data(shape, C_axis=1):
+    x = rng.standard_normal(shape) * 2 + 3
+    dy = rng.standard_normal(shape)
+    C = shape[C_axis]
+    return x, dy, rng.standard_normal(C), rng.standard_normal(C)
+
+
+CHANNEL_SHAPES = [(2, 3, 130, 130), (3000, 37), (64, 513), (5, 300, 7, 11), (1, 2, 40000), (3, 1, 17, 1000)]
+
+
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES, ids=str)
+def test_batch_norm_large(shape):
+    x, dy, w, b = data(shape)
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    rm_ours, rv_ours = rm.copy(), rv.copy()
+    y, saved = F.batch_norm(x, w, b, rm_ours, rv_ours, training=True, momentum=0.3)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, w, b, rm, rv, True, 0.3)
+    close(y, y_ref)
+    close(rm_ours, rm_ref)
+    close(rv_ours, rv_ref)
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    for got, want in zip((dx, dw, db), ref.batch_norm_backward(dy, x, w)):
+        close(got, want)
+    # eval mode
+    y, saved = F.batch_norm(x, w, b, rm, rv, training=False)
+    close(y, ref.batch_norm(x, w, b, rm, rv, False)[0])
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    for got, want in zip((dx, dw, db), ref.batch_norm_eval_backward(dy, x, w, rm, rv)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("shape,normalized", [((3000, 37), (37,)), ((4, 20000), (20000,)),
+                                              ((7, 3, 130, 130), (130, 130)), ((2, 9001), (9001,)),
+                                              ((513, 3, 33), (3, 33))], ids=str)
+def test_layer_norm_large(shape, normalized):
+    x = rng.standard_normal(shape) * 2 + 3
+    dy = rng.standard_normal(shape)
+    w, b = rng.standard_normal(normalized), rng.standard_normal(normalized)
+    y, saved = F.layer_norm(x, normalized, w, b)
+    close(y, ref.layer_norm(x, normalized, w, b))
+    dx, dw, db = F.layer_norm_backward(dy, saved)
+    for got, want in zip((dx, dw, db), ref.layer_norm_backward(dy, x, normalized, w)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 130, 130), 3), ((3000, 36, 1), 4), ((2, 512, 9, 9), 32),
+                                          ((5, 64, 7, 7), 64), ((1, 4, 20000), 1)], ids=str)
+def test_group_norm_large(shape, groups):
+    x, dy, w, b = data(shape)
+    y, saved = F.group_norm(x, groups, w, b)
+    close(y, ref.group_norm(x, groups, w, b))
+    dx, dw, db = F.group_norm_backward(dy, saved)
+    for got, want in zip((dx, dw, db), ref.group_norm_backward(dy, x, groups, w)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 130, 130), (3000, 5, 7), (2, 700, 25), (1, 2, 40000)], ids=str)
+def test_instance_norm_large(shape):
+    x, dy, w, b = data(shape)
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    rm_ours, rv_ours = rm.copy(), rv.copy()
+    y, saved = F.instance_norm(x, w, b, rm_ours, rv_ours, momentum=0.2)
+    y_ref, rm_ref, rv_ref = ref.instance_norm(x, w, b, rm, rv, momentum=0.2)
+    close(y, y_ref)
+    close(rm_ours, rm_ref)
+    close(rv_ours, rv_ref)
+    dx, dw, db = F.instance_norm_backward(dy, saved)
+    for got, want in zip((dx, dw, db), ref.instance_norm_backward(dy, x, w)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("op", ["batch", "layer", "group", "instance"])
+def test_float32_large_shapes(op):
+    """float32 past the thresholds too (the float32 kernels are separate specializations)."""
+    shape = (2, 4, 130, 130)
+    x64 = rng.standard_normal(shape) + 1e4 * (op == "batch")
+    x = x64.astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    xd, dyd = x.astype(np.float64), dy.astype(np.float64)
+    if op == "batch":
+        y, s = F.batch_norm(x)
+        want_y, want = ref.batch_norm(xd)[0], ref.batch_norm_backward(dyd, xd)
+        got = F.batch_norm_backward(dy, s)[0]
+    elif op == "layer":
+        y, s = F.layer_norm(x, shape[1:])
+        want_y, want = ref.layer_norm(xd, shape[1:]), ref.layer_norm_backward(dyd, xd, shape[1:])
+        got = F.layer_norm_backward(dy, s)[0]
+    elif op == "group":
+        y, s = F.group_norm(x, 2)
+        want_y, want = ref.group_norm(xd, 2), ref.group_norm_backward(dyd, xd, 2)
+        got = F.group_norm_backward(dy, s)[0]
+    else:
+        y, s = F.instance_norm(x)
+        want_y, want = ref.instance_norm(xd)[0], ref.instance_norm_backward(dyd, xd)
+        got = F.instance_norm_backward(dy, s)[0]
+    close(y, want_y, 2e-5)
+    close(got, want[0], 2e-4)
