@@ -326,3 +326,13 @@ def test_watchdog_timeout_settings(monkeypatch):
     monkeypatch.setenv("NUMBANORM_MPI_TIMEOUT", "never")
     with pytest.raises(ValueError, match="NUMBANORM_MPI_TIMEOUT must be a positive number"):
         D.get_timeout()
+
+
+# ---------------------------------------------------------------- one rank is BatchNorm
+
+@needs_mpi
+def test_single_rank_sync_batch_norm_equals_batch_norm(warm):
+    """momentum=None, affine=False, track_running_stats=False and eval mode: on one rank
+    SyncBatchNorm gives BatchNorm's outputs, gradients, running statistics and counter."""
+    res = check_ok(mpirun(1, "single_rank.py"))
+    assert "OK" in res.stdout
