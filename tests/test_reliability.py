@@ -189,3 +189,86 @@ def test_empty_training_batch_counts_like_pytorch(momentum):
     tb(torch.from_numpy(x))
     np.testing.assert_allclose(bn.running_mean, tb.running_mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(bn.running_var, tb.running_var.numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- load_state_dict, saves
+
+def _state_modules():
+    return {
+        **{name: make for name, (make, _) in LAYERS.items()},
+        "SyncBatchNorm": lambda: nn.SyncBatchNorm(3),
+        "LayerNorm-no-bias": lambda: nn.LayerNorm(4, bias=False),
+        "Conv2d": lambda: nn.Conv2d(2, 3, 3),
+        "Linear": lambda: nn.Linear(4, 2),
+        "Sequential": lambda: nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
+                                            nn.Flatten(), nn.Linear(12, 4), nn.LayerNorm(4),
+                                            nn.Linear(4, 2)),
+    }
+
+
+class Unreadable:
+    """np.asarray of this raises, like a corrupt checkpoint entry."""
+
+    def __array__(self, *args, **kwargs):
+        raise OSError("checkpoint entry unreadable (simulated)")
+
+
+@pytest.mark.parametrize("name", list(_state_modules()))
+@pytest.mark.parametrize("bad", ["shape", "dtype", "unreadable", "unexpected", "missing"])
+def test_load_state_dict_with_one_bad_entry_changes_nothing(name, bad):
+    """Every entry but one is valid and different from the module's; the bad one is last (so a
+    loader writing as it goes would have written the others): the module stays bitwise as it
+    was, and the error names the entry."""
+    module = _state_modules()[name]()
+    if not module.state_dict():
+        pytest.skip("no state")
+    before = snapshot(module)
+    new = {k: (v + 1.5).astype(v.dtype) for k, v in module.state_dict().items()}
+    last = list(new)[-1]
+    error, match = {"shape": (ValueError, f"{last} must have shape"),
+                    "dtype": (TypeError, f"{last} must be numeric"),
+                    "unreadable": (OSError, "unreadable"),
+                    "unexpected": (ValueError, "unexpected keys \\['extra'\\]"),
+                    "missing": (ValueError, "missing keys")}[bad]
+    if bad == "shape":
+        new[last] = np.zeros(new[last].shape + (2,), new[last].dtype)
+    elif bad == "dtype":
+        new[last] = np.full(new[last].shape, "x")
+    elif bad == "unreadable":
+        new[last] = Unreadable()
+    elif bad == "unexpected":
+        new["extra"] = np.zeros(1)
+    else:
+        if last.endswith("num_batches_tracked"):  # allowed to be absent: drop another key
+            last = list(new)[0]
+        del new[last]
+    with pytest.raises(error, match=match):
+        module.load_state_dict(new)
+    assert_same(snapshot(module), before)
+
+
+def test_saves_are_atomic_a_crash_mid_save_leaves_the_old_file(tmp_path, monkeypatch):
+    """demo.write_state_dict (the model save) interrupted half-way through writing: the previous
+    file is intact and no temp file is left."""
+    from numbanorm import demo
+
+    path = tmp_path / "model.npz"
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    demo.write_state_dict(path, model)
+    old_bytes = path.read_bytes()
+    model[0].weight.data += 1.0
+
+    real_savez = np.savez
+
+    def crash_mid_write(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")  # some bytes reach the file, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        demo.write_state_dict(path, model)
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert path.read_bytes() == old_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+    with np.load(path) as z:
+        assert not np.array_equal(z["0.weight"], model[0].weight.data)
