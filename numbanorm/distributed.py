@@ -225,7 +225,7 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     if count == 1:  # raised on every rank alike (the count is global), so nobody hangs
         raise ValueError(
             f"Expected more than 1 value per channel when training, got 1 value per channel over "
-            f"all {comm.Get_size()} ranks (this rank's input size {tuple(x.shape)})"
+            f"all {comm.Get_size()} ranks (this rank's x has shape {tuple(x.shape)})"
         )
     fields = dict(op="sync_batch_norm", backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
                   has_weight=weight is not None, has_bias=bias is not None, count=int(count),

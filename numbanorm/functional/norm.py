@@ -64,7 +64,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
     if training and N * S == 1:
         raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size "
+            f"Expected more than 1 value per channel when training, got x of shape "
             f"{tuple(x.shape)} (N={N}, spatial size={S})"
         )
     training = bool(training)
@@ -165,7 +165,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         return batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
     if S == 1:
         raise ValueError(
-            f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}"
+            f"Expected more than 1 spatial element when training, got x of shape {tuple(x.shape)}"
         )
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
