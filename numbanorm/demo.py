@@ -161,15 +161,68 @@ def evaluate(model, x, y, device, batch_size=500):
     return correct / max(len(x), 1), finite
 
 
+# ---------------------------------------------------------------- compile time, environment
+
+def compile_watch(on_first_compile=None):
+    """A Numba event listener counting compilations (cache misses only: a kernel loaded from
+    Numba's on-disk cache is not compiled) and their wall time in .seconds; install it with
+    numba.core.event.install_listener("numba:compile", watch). on_first_compile() runs once,
+    when the first compilation starts."""
+    from numba.core import event
+
+    class CompileWatch(event.Listener):
+        def __init__(self):
+            self.count, self.seconds, self._depth, self._start = 0, 0.0, 0, 0.0
+
+        def on_start(self, ev):
+            if self._depth == 0:  # nested compilations (callees) are inside the outer one
+                self._start = time.perf_counter()
+                if self.count == 0 and on_first_compile is not None:
+                    on_first_compile()
+                self.count += 1
+            self._depth += 1
+
+        def on_end(self, ev):
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - self._start
+
+    return CompileWatch()
+
+
+def environment(device):
+    """Versions (Python, NumPy, Numba, BLAS) and the machine, for --json."""
+    import platform
+
+    import numba
+
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy: no dict form
+        blas = "unknown"
+    env = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+           "blas": blas, "machine": platform.machine(), "platform": platform.platform(),
+           "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
+           "numba_threads": numba.get_num_threads()}
+    if device == "cuda":
+        from numba import cuda
+
+        env["gpu"] = cuda.get_current_device().name.decode() if hasattr(
+            cuda.get_current_device().name, "decode") else str(cuda.get_current_device().name)
+    return env
+
+
 # ---------------------------------------------------------------- training
 
-def train_one(norm, data, args, device, log, comm=None):
+def train_one(norm, data, args, device, log, comm=None, compiles=None):
     """Train one model; returns (run record, model). A NaN/inf loss stops training at once and
     raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it.
 
     comm (--distributed): every rank draws the same batch and keeps its block of it, BatchNorm
     is SyncBatchNorm, the loss gradient is weighted by the rank's share of the batch and the
-    gradients are summed across ranks -- the same steps as one process with the whole batch."""
+    gradients are summed across ranks -- the same steps as one process with the whole batch.
+    compiles: a compile_watch() installed by the caller, to report compile time per epoch."""
     from . import nn
 
     train_x, train_y, test_x, test_y = data
@@ -187,12 +240,13 @@ def train_one(norm, data, args, device, log, comm=None):
     N, bs = len(train_x), args.batch_size
     steps = math.ceil(N / bs)
     run = {"norm": norm, "description": NORM_HELP[norm], "parameters": n_params, "epochs": [],
-           "step_losses": [], "diverged": None}
+           "step_losses": [], "step_accs": [], "steps_per_epoch": steps, "diverged": None}
     log(f"[{norm}] {NORM_HELP[norm]}; {n_params:,} parameters")
     for epoch in range(1, args.epochs + 1):
         order = shuffle.permutation(N)
         bar = _progress(steps, f"[{norm}] epoch {epoch}/{args.epochs}", not args.no_progress and args.root)
         loss_sum, correct, seen = 0.0, 0, 0
+        compiled_before = compiles.seconds if compiles is not None else 0.0
         t0 = time.perf_counter()
         try:
             for step in range(steps):
@@ -224,6 +278,7 @@ def train_one(norm, data, args, device, log, comm=None):
                 correct += n_correct
                 seen += n_batch
                 run["step_losses"].append(loss)
+                run["step_accs"].append(n_correct / n_batch)
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
@@ -232,6 +287,7 @@ def train_one(norm, data, args, device, log, comm=None):
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - t0
+        compile_seconds = (compiles.seconds if compiles is not None else 0.0) - compiled_before
         t1 = time.perf_counter()
         test_acc, finite = evaluate(model, test_x, test_y, device)
         if not finite:
@@ -242,12 +298,12 @@ def train_one(norm, data, args, device, log, comm=None):
                 f"of training on garbage. Try a smaller --lr.", run)
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                   "test_acc": test_acc, "seconds": seconds, "images_per_second": seen / seconds,
-                  "eval_seconds": time.perf_counter() - t1}
+                  "eval_seconds": time.perf_counter() - t1, "compile_seconds": compile_seconds}
         run["epochs"].append(record)
         log(f"[{norm}] epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
             f"train_acc {100 * record['train_acc']:.2f}%  test_acc {100 * test_acc:.2f}%  "
             f"{seconds:.1f} s  {record['images_per_second']:.0f} img/s"
-            + ("  (includes Numba compile time)" if epoch == 1 and norm == args.norms[0] else ""))
+            + (f"  (includes {compile_seconds:.1f} s of Numba compile time)" if compile_seconds > 0 else ""))
     return run, model
 
 
@@ -278,7 +334,8 @@ def write_json(path, runs, args, device):
 
     doc = {"dataset": args.dataset, "device": device, "optimizer": args.optimizer, "lr": args.lr,
            "momentum": args.momentum, "batch_size": args.batch_size, "seed": args.seed,
-           "runs": [{k: v for k, v in r.items() if k != "step_losses"} for r in runs]}
+           "environment": environment(device),
+           "runs": [{k: v for k, v in r.items() if k not in ("step_losses", "step_accs")} for r in runs]}
     with atomic_open(path, "w") as f:
         json.dump(doc, f, indent=2, allow_nan=False)
         f.write("\n")
@@ -299,33 +356,50 @@ def write_state_dict(path, model):
         np.savez(f, **model.state_dict())
 
 
-def write_plot(path, runs):
+def plot_figure(runs):
+    """The matplotlib Figure of --plot: training loss, and accuracy, of every run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from ._fileio import atomic_open
-
     fig = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for r in runs:
-        losses = np.asarray(r["step_losses"], dtype=np.float64)
-        steps_per_epoch = max(len(losses) / max(len(r["epochs"]), 1), 1) if r["epochs"] else max(len(losses), 1)
-        if len(losses):
-            k = max(1, min(10, len(losses) // 20))  # light smoothing of the per-step loss
-            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-            ax_loss.plot((np.arange(len(smooth)) + k) / steps_per_epoch, smooth, label=r["norm"])
+    # one epoch: x is the training step; several: x is the epoch (integer ticks), steps placed
+    # at fractions of it. Accuracy: the training batches' (per step, smoothed) and the test
+    # set's after each epoch (markers).
+    one_epoch = max((len(r["epochs"]) for r in runs), default=0) <= 1
+    for i, r in enumerate(runs):
+        color = f"C{i}"
+        per_epoch = 1 if one_epoch else max(r.get("steps_per_epoch", 1), 1)
+        for ax, values, scale in ((ax_loss, r["step_losses"], 1.0), (ax_acc, r.get("step_accs", []), 100.0)):
+            values = np.asarray(values, dtype=np.float64) * scale
+            if len(values):
+                k = max(1, min(10, len(values) // 20))  # light smoothing of per-step values
+                smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+                ax.plot((np.arange(len(smooth)) + k) / per_epoch, smooth, color=color,
+                        label=r["norm"] + (" (train batches)" if ax is ax_acc else ""),
+                        alpha=0.6 if ax is ax_acc else 1.0)
         if r["epochs"]:
-            ax_acc.plot([e["epoch"] for e in r["epochs"]], [100 * e["test_acc"] for e in r["epochs"]],
-                        marker="o", label=r["norm"])
-    ax_loss.set(xlabel="epoch", ylabel="training loss (per step, smoothed)", title="Training loss")
-    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+            steps = r.get("steps_per_epoch", 1)
+            xs = [(e["epoch"] * steps if one_epoch else e["epoch"]) for e in r["epochs"]]
+            ax_acc.plot(xs, [100 * e["test_acc"] for e in r["epochs"]], marker="o", linestyle="--",
+                        color=color, label=f"{r['norm']} (test)")
+    xlabel = "training step" if one_epoch else "epoch"
+    ax_loss.set(xlabel=xlabel, ylabel="training loss (per step, smoothed)", title="Training loss")
+    ax_acc.set(xlabel=xlabel, ylabel="accuracy (%)", title="Accuracy: training batches and test set")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def write_plot(path, runs):
+    from ._fileio import atomic_open
+
+    fig = plot_figure(runs)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
 
@@ -450,15 +524,19 @@ def _run(args, comm):
         + (f" momentum={args.momentum}" if args.optimizer == "sgd" else "")
         + f", batch {args.batch_size}, {args.epochs} epoch(s), norms: {', '.join(args.norms)}"
         + (f", {comm.Get_size()} MPI ranks" if comm is not None else ""))
-    log("(the first run after installing compiles numbanorm's Numba kernels, which can take a few "
-        "minutes on a small machine; they are cached for later runs)")
+    from numba.core import event
+
+    compiles = compile_watch(lambda: log(
+        "(compiling numbanorm's Numba kernels: the first run after installing can take a few "
+        "minutes on a small machine; they are cached for later runs)"))
     runs, status = [], 0
     t_start = time.perf_counter()
     for norm in args.norms:
         try:
             # overflow warnings from NumPy would only repeat what the divergence check reports
-            with np.errstate(over="ignore", invalid="ignore"):
-                run, model = train_one(norm, data, args, device, log, comm)
+            with np.errstate(over="ignore", invalid="ignore"), \
+                    event.install_listener("numba:compile", compiles):
+                run, model = train_one(norm, data, args, device, log, comm, compiles)
         except Diverged as e:
             if args.root:
                 print(f"numbanorm-demo: {e}", file=sys.stderr, flush=True)

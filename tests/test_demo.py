@@ -179,3 +179,81 @@ def test_python_dash_m_help():
     out = subprocess.run([sys.executable, "-m", "numbanorm.demo", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--limit-train" in out.stdout
+
+
+# ---------------------------------------------------------------- it learns; honest messages
+
+def test_training_lowers_the_loss_and_beats_chance():
+    """12 steps of batch 16 with BatchNorm: the last steps' loss is well below the first
+    steps' (which start near chance, ln 10 = 2.3) and the test accuracy far above chance (10%)."""
+    run, _ = demo.train_one("batch", _data(192, 128), demo.parse_args(
+        ["--batch-size", "16", "--epochs", "1", "--no-progress"]), "cpu", lambda msg: None)
+    losses = run["step_losses"]
+    assert len(losses) == 12
+    assert np.mean(losses[:3]) > 1.8
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert run["epochs"][0]["test_acc"] > 0.3, run["epochs"][0]
+
+
+def _data(n_train, n_test):
+    from numbanorm import datasets
+
+    tx, ty, vx, vy = datasets.load_digits()
+    return tx[:n_train], ty[:n_train], vx[:n_test], vy[:n_test]
+
+
+def test_compile_message_only_when_numba_compiles(capsys):
+    """With every kernel already compiled (a second run in this process) the demo says nothing
+    about compiling; compile_watch counts real compilations (a fresh njit function)."""
+    argv = ["--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--no-progress", "--norm", "batch"]
+    assert demo.main(argv) == 0
+    capsys.readouterr()
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "compil" not in out.lower(), out
+
+    from numba import njit
+    from numba.core import event
+
+    calls = []
+    watch = demo.compile_watch(lambda: calls.append(1))
+
+    @njit
+    def fresh(a):
+        return a + 1
+
+    with event.install_listener("numba:compile", watch):
+        fresh(1)
+        fresh(2)  # no new compilation
+    assert watch.count == 1 and watch.seconds > 0 and calls == [1]
+
+
+def test_json_records_versions_and_machine(two_norm_run):
+    import numba
+
+    _, out = two_norm_run
+    env = json.loads((out / "runs.json").read_text())["environment"]
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["numpy"] == np.__version__ and env["numba"] == numba.__version__
+    assert env["blas"] and env["machine"] and env["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_plot_has_integer_ticks_and_readable_single_epoch(epochs):
+    """One epoch: both panels per training step (a curve, not a column of dots); several:
+    per epoch, with integer ticks."""
+    steps = 12
+    rng = np.random.default_rng(0)
+    run = {"norm": "batch", "steps_per_epoch": steps, "diverged": None,
+           "step_losses": list(2.3 * np.exp(-np.arange(steps * epochs) / 10)),
+           "step_accs": list(rng.uniform(0, 1, steps * epochs)),
+           "epochs": [{"epoch": e, "test_acc": 0.5 + 0.1 * e} for e in range(1, epochs + 1)]}
+    fig = demo.plot_figure([run])
+    ax_loss, ax_acc = fig.axes
+    for ax in (ax_loss, ax_acc):
+        assert ax.get_xlabel() == ("training step" if epochs == 1 else "epoch")
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    curves = [ln for ln in ax_acc.get_lines() if len(ln.get_xdata()) > 1]
+    assert curves, "the accuracy panel needs a per-step curve"
+    assert len(ax_loss.get_lines()[0].get_xdata()) > 1
