@@ -18,6 +18,7 @@ import http.client
 import os
 import urllib.request
 from importlib import resources
+from typing import Iterable
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def _open_maybe_gzip(path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def read_idx_bytes(path):
+def read_idx_bytes(path: str | os.PathLike) -> bytes:
     """The uncompressed bytes of an IDX file, gzipped or raw (told apart by content)."""
     try:
         with _open_maybe_gzip(path) as f:
@@ -62,7 +63,7 @@ def read_idx_bytes(path):
         raise ValueError(f"{path}: cannot decompress ({e})") from e
 
 
-def parse_idx(data, path="<bytes>"):
+def parse_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     """An IDX file's content (bytes) as a NumPy array in native byte order.
 
     Layout: two zero bytes, a type code, the number of dims, then each dim as a big-endian
@@ -84,12 +85,12 @@ def parse_idx(data, path="<bytes>"):
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (gzipped or raw) as a NumPy array."""
     return parse_idx(read_idx_bytes(path), path)
 
 
-def find_mnist_file(data_dir, name):
+def find_mnist_file(data_dir: str | os.PathLike, name: str) -> str:
     """The path of `name` in data_dir: `name.gz` if present, else the raw `name`."""
     for candidate in (os.path.join(data_dir, name + ".gz"), os.path.join(data_dir, name)):
         if os.path.isfile(candidate):
@@ -130,7 +131,8 @@ def _check_pair(images, labels, what):
                          f"(expected (N, H, W) and (N,))")
 
 
-def load_mnist(data_dir, normalize=True, verify=True, checksums=None):
+def load_mnist(data_dir: str | os.PathLike, normalize: bool = True, verify: bool = True,
+               checksums: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load MNIST from the four IDX files in data_dir (each `.gz` or raw).
 
     Returns (train_x, train_y, test_x, test_y): float32 (N, 1, 28, 28) images and int64 labels
@@ -186,7 +188,9 @@ def _fetch(url, dest_dir, name, want, timeout, progress):
     return final
 
 
-def download_mnist(data_dir, mirrors=MNIST_MIRRORS, checksums=None, timeout=60, progress=True, force=False):
+def download_mnist(data_dir: str | os.PathLike, mirrors: Iterable[str] = MNIST_MIRRORS,
+                   checksums: dict[str, str] | None = None, timeout: float = 60, progress: bool = True,
+                   force: bool = False) -> list[str]:
     """Download the four MNIST .gz files into data_dir (created if needed); returns their paths.
 
     Files already present with the right checksum are kept (force=True downloads anyway). Each
@@ -231,7 +235,7 @@ def download_mnist(data_dir, mirrors=MNIST_MIRRORS, checksums=None, timeout=60, 
 DIGITS_FILE = "digits.npz"
 
 
-def load_digits(normalize=True):
+def load_digits(normalize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The MNIST subset shipped in numbanorm/data (see its README): 10,000 training and 2,000
     test images, 1,000 and 200 per digit. Same return format as load_mnist.
     """

@@ -53,9 +53,14 @@ import sys
 import time
 import traceback
 
+from typing import Any, Callable, Iterable
+
 import numpy as np
 
 from . import _backend
+from .functional._common import Array, Saved
+
+Comm = Any  # an mpi4py intracommunicator (None in a signature: MPI.COMM_WORLD)
 
 
 def _mpi():
@@ -162,7 +167,7 @@ def _on_backend(be, a):
 
 # ---------------------------------------------------------------- statistics
 
-def merge_stats(parts):
+def merge_stats(parts: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Chan's parallel merge of per-rank (count, mean, M2) in the order given.
 
     parts: (P, 3, C) float64 -> (count, mean, M2), count a float, mean and M2 (C,) float64.
@@ -202,8 +207,10 @@ def _global_stats(be, x3, comm):
 
 # ---------------------------------------------------------------- functional
 
-def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
-                    training=True, momentum=0.1, eps=1e-5, comm=None):
+def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
+                    running_mean: Array | None = None, running_var: Array | None = None,
+                    training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                    comm: Comm | None = None) -> tuple[Array, Saved]:
     """BatchNorm whose training statistics are taken over the batches of all ranks of `comm`.
 
     Same arguments, checks and result as functional.batch_norm (x of shape (N, C, *spatial),
@@ -257,8 +264,12 @@ def _update_running(be, running_mean, running_var, mean, unbiased_var, momentum)
         buf.copy_to_device(host)
 
 
-def sync_batch_norm_backward(dy, saved):
+def sync_batch_norm_backward(dy: Array, saved: Saved) -> tuple[Array, Array | None, Array | None]:
     """Gradients of sync_batch_norm: (dx, dweight, dbias); a collective like the forward.
+
+    Takes dy (the forward output's shape, dtype and device) and the forward's `saved`; checks
+    both before communicating or computing (a rejected dy on one rank leaves the others to the
+    watchdog). Consumes nothing: saved stays valid.
 
     dx is the gradient of the loss summed over all ranks with respect to this rank's x;
     dweight and dbias are this rank's contributions (see the module docstring).
@@ -303,7 +314,8 @@ def _grad_to_host(g):
     return g if isinstance(g, np.ndarray) else g.copy_to_host()
 
 
-def allreduce_gradients(params, comm=None, average=True, bucket_bytes=16 << 20):
+def allreduce_gradients(params: Iterable, comm: Comm | None = None, average: bool = True,
+                        bucket_bytes: int = 16 << 20) -> int:
     """Sum (average=True: average) every parameter's .grad across the ranks of comm, in place.
 
     params: an iterable of Parameters (module.parameters()), in the same order on every rank.
@@ -362,7 +374,7 @@ def _reduce_bucket(bucket, n, dtype, comm, divisor):
             p.grad.copy_to_device(np.ascontiguousarray(value))
 
 
-def broadcast_parameters(module, comm=None, root=0):
+def broadcast_parameters(module, comm: Comm | None = None, root: int = 0):
     """Copy the parameters and buffers (state_dict) of `module` on rank `root` to every rank."""
     comm = _comm(comm)
     state = module.state_dict() if comm.Get_rank() == root else None
@@ -371,7 +383,8 @@ def broadcast_parameters(module, comm=None, root=0):
     return module
 
 
-def shard_range(n, comm=None, rank=None, size=None):
+def shard_range(n: int, comm: Comm | None = None, rank: int | None = None,
+                size: int | None = None) -> tuple[int, int]:
     """(start, stop) of this rank's contiguous block of n items (sizes differ by at most 1;
     the first n % size ranks get one more). Concatenating the blocks in rank order gives 0..n."""
     if rank is None or size is None:
@@ -382,7 +395,7 @@ def shard_range(n, comm=None, rank=None, size=None):
     return start, start + base + (1 if rank < extra else 0)
 
 
-def shard(data, comm=None, rank=None, size=None):
+def shard(data, comm: Comm | None = None, rank: int | None = None, size: int | None = None):
     """This rank's block along axis 0 of an array (or of each array of a tuple/list).
 
     Used on a whole dataset it splits the data across ranks; used on a global batch drawn with
@@ -400,7 +413,7 @@ def shard(data, comm=None, rank=None, size=None):
 # ---------------------------------------------------------------- faults and checkpoints
 
 @contextlib.contextmanager
-def abort_on_error(comm=None):
+def abort_on_error(comm: Comm | None = None):
     """Run a block on every rank; an exception in it prints the rank and traceback to stderr and
     calls comm.Abort(1), so mpiexec stops every rank (exit status non-zero) instead of leaving
     the other ranks waiting forever in their next collective. SystemExit(0) passes through."""
@@ -425,13 +438,14 @@ def _abort(comm, exc):
     comm.Abort(1)
 
 
-def run_or_abort(fn, *args, comm=None, **kwargs):
+def run_or_abort(fn: Callable, *args, comm: Comm | None = None, **kwargs):
     """fn(*args, **kwargs) under abort_on_error(comm); returns its result."""
     with abort_on_error(comm):
         return fn(*args, **kwargs)
 
 
-def save_on_root(path, state, comm=None, root=0):
+def save_on_root(path: str | os.PathLike, state: dict, comm: Comm | None = None,
+                 root: int = 0) -> None:
     """Rank `root` writes `state` (a dict of arrays, saved with np.savez) to path atomically:
     a temp file beside path, fsync, os.replace -- a crash never leaves a partial file. The other
     ranks write nothing; all ranks wait at a barrier so nobody reads the file before it exists.
@@ -447,6 +461,6 @@ def save_on_root(path, state, comm=None, root=0):
     _barrier(comm, "save_on_root")
 
 
-def is_root(comm=None, root=0):
+def is_root(comm: Comm | None = None, root: int = 0) -> bool:
     """True on rank `root` (the rank that prints and saves)."""
     return _comm(comm).Get_rank() == root

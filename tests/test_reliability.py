@@ -272,3 +272,55 @@ def test_saves_are_atomic_a_crash_mid_save_leaves_the_old_file(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
     with np.load(path) as z:
         assert not np.array_equal(z["0.weight"], model[0].weight.data)
+
+
+# ---------------------------------------------------------------- type hints, backward docs
+
+def _public_api():
+    import inspect
+
+    from numbanorm import datasets
+    from numbanorm import distributed as D
+
+    funcs = [getattr(F, n) for n in F.__all__ if callable(getattr(F, n)) and not inspect.isclass(getattr(F, n))]
+    funcs += [getattr(D, n) for n in ("sync_batch_norm", "sync_batch_norm_backward", "allreduce_gradients",
+                                      "broadcast_parameters", "shard_range", "shard", "abort_on_error",
+                                      "run_or_abort", "save_on_root", "is_root", "merge_stats",
+                                      "set_timeout", "get_timeout")]
+    funcs += [getattr(datasets, n) for n in ("load_mnist", "load_digits", "download_mnist", "read_idx",
+                                            "parse_idx", "read_idx_bytes", "find_mnist_file")]
+    funcs += [numbanorm.set_debug, numbanorm.debug_enabled]
+    ctors = [getattr(nn, n).__init__ for n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d",
+                                               "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm",
+                                               "SyncBatchNorm")]
+    return funcs, ctors
+
+
+def test_public_api_has_type_hints():
+    import inspect
+
+    funcs, ctors = _public_api()
+    missing = []
+    for fn in funcs + ctors:
+        sig = inspect.signature(fn)
+        for p in sig.parameters.values():
+            if p.name not in ("self", "comm", "module", "data", "args", "kwargs", "fn") and \
+                    p.annotation is inspect.Parameter.empty:
+                missing.append(f"{fn.__qualname__}({p.name})")
+        if fn not in ctors and fn.__name__ not in ("abort_on_error", "run_or_abort", "shard",
+                                                    "broadcast_parameters") \
+                and sig.return_annotation is inspect.Signature.empty:
+            missing.append(f"{fn.__qualname__} -> ?")
+    assert not missing, missing
+
+
+def test_every_public_backward_says_what_it_takes_returns_and_consumes():
+    from numbanorm import distributed as D
+
+    backwards = [getattr(F, n) for n in F.__all__ if n.endswith("_backward")] + [D.sync_batch_norm_backward]
+    backwards += [getattr(nn, n).backward for n in ("BatchNorm2d", "InstanceNorm2d", "LayerNorm", "GroupNorm",
+                                                    "SyncBatchNorm")]
+    assert len(backwards) == 10
+    for fn in backwards:
+        doc = (fn.__doc__ or "").lower()
+        assert "dy" in doc and "dx" in doc and "consume" in doc, fn.__qualname__

@@ -14,11 +14,16 @@ naming the array that changed. With debug off this costs one flag check per call
 import math
 import os
 import zlib
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from .. import _backend
 from .. import _validate as check
+
+Array: TypeAlias = Any
+"""Type hint for an op's arrays: a numpy.ndarray (CPU backend) or a CUDA array, i.e. any
+object with __cuda_array_interface__ (GPU backend)."""
 
 _debug = os.environ.get("NUMBANORM_DEBUG", "").strip() not in ("", "0")
 

@@ -18,7 +18,9 @@ NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified
 """
 from .. import _backend
 from .. import _validate as check
-from ._common import Saved, check_saved, grad_output, prod
+from ._common import Array, Saved, check_saved, grad_output, prod
+
+Grads = tuple[Array, Array | None, Array | None]  # (dx, dweight, dbias)
 
 
 def _empty_result(be, x, family, dtype, weight, bias, param_shape):
@@ -31,7 +33,8 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 
 # ---------------------------------------------------------------- BatchNorm
 
-def channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, min_ndim):
+def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_mean: Array | None,
+                   running_var: Array | None, eps: float, momentum: float, min_ndim: int) -> tuple:
     """Dispatch and check the arguments of a per-channel op (BatchNorm, InstanceNorm, SyncBN).
 
     Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
@@ -50,8 +53,9 @@ def channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, mi
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
 
 
-def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
-               training=True, momentum=0.1, eps=1e-5):
+def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
+               running_mean: Array | None = None, running_var: Array | None = None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> tuple[Array, Saved]:
     """BatchNorm over x of shape (N, C) or (N, C, *spatial); statistics per channel.
 
     weight, bias, running_mean, running_var: (C,) arrays of x's dtype, or None.
@@ -79,8 +83,14 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
     return y3.reshape(tuple(x.shape)), saved
 
 
-def batch_norm_backward(dy, saved):
-    """Gradients of batch_norm: (dx, dweight, dbias); dy has the forward output's shape."""
+def batch_norm_backward(dy: Array, saved: Saved) -> Grads:
+    """Gradients of batch_norm: (dx, dweight, dbias), dweight/dbias of shape (C,).
+
+    Takes dy (the forward output's shape, dtype and device) and the forward's `saved`, and checks
+    both (ValueError/TypeError naming dy or saved; in debug mode RuntimeError when an array the
+    forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
+    for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
+    call can be corrected and retried."""
     return _backward(dy, saved, "channel")
 
 
@@ -100,7 +110,8 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     return y2.reshape(tuple(x.shape)), saved
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
+               bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a["x"], a["weight"], a["bias"]
@@ -121,12 +132,19 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _row_forward(be, x, dtype, flat(weight), flat(bias), eps, R, 1, M, 1, shape)
 
 
-def layer_norm_backward(dy, saved):
-    """Gradients of layer_norm: (dx, dweight, dbias), dweight/dbias of normalized_shape."""
+def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
+    """Gradients of layer_norm: (dx, dweight, dbias), dweight/dbias of normalized_shape.
+
+    Takes dy (the forward output's shape, dtype and device) and the forward's `saved`, and checks
+    both (ValueError/TypeError naming dy or saved; in debug mode RuntimeError when an array the
+    forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
+    for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
+    call can be corrected and retried."""
     return _backward(dy, saved, "row")
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
+               eps: float = 1e-5) -> tuple[Array, Saved]:
     """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
     channels); weight/bias are per channel, shape (C,)."""
     be, a = _backend.select(x=x, weight=weight, bias=bias)
@@ -144,13 +162,21 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,))
 
 
-def group_norm_backward(dy, saved):
-    """Gradients of group_norm: (dx, dweight, dbias)."""
+def group_norm_backward(dy: Array, saved: Saved) -> Grads:
+    """Gradients of group_norm: (dx, dweight, dbias), dweight/dbias of shape (C,).
+
+    Takes dy (the forward output's shape, dtype and device) and the forward's `saved`, and checks
+    both (ValueError/TypeError naming dy or saved; in debug mode RuntimeError when an array the
+    forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
+    for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
+    call can be corrected and retried."""
     return _backward(dy, saved, "row")
 
 
-def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
-                  use_input_stats=True, momentum=0.1, eps=1e-5):
+def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
+                  running_mean: Array | None = None, running_var: Array | None = None,
+                  use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5) -> tuple[Array, Saved]:
     """InstanceNorm: x of shape (N, C, *spatial), statistics per (sample, channel).
 
     With use_input_stats and running stats given, the running stats are updated in place with
@@ -176,8 +202,14 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     return y, saved
 
 
-def instance_norm_backward(dy, saved):
-    """Gradients of instance_norm: (dx, dweight, dbias)."""
+def instance_norm_backward(dy: Array, saved: Saved) -> Grads:
+    """Gradients of instance_norm: (dx, dweight, dbias), dweight/dbias of shape (C,).
+
+    Takes dy (the forward output's shape, dtype and device) and the forward's `saved`, and checks
+    both (ValueError/TypeError naming dy or saved; in debug mode RuntimeError when an array the
+    forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
+    for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
+    call can be corrected and retried."""
     return _backward(dy, saved, getattr(saved, "family", "row"))
 
 

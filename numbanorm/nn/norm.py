@@ -2,10 +2,12 @@
 import numbers
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .. import _backend
 from .. import _validate as check
 from .. import functional as F
+from ..functional._common import Array
 from .module import Module, Parameter, float_dtype
 
 
@@ -97,11 +99,12 @@ class _NormBase(_Norm):
 
 
 class _BatchNorm(_NormBase):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 dtype=np.float32, device="cpu"):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype: DTypeLike = np.float32,
+                 device: str = "cpu"):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         """Training: batch statistics (running stats updated); eval: running statistics."""
         self._check_input(x)
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -120,7 +123,10 @@ class _BatchNorm(_NormBase):
         object.__setattr__(self, "_saved", saved)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
+        """dx for dy (the output's shape, dtype and device); adds dweight/dbias into
+        weight.grad/bias.grad. Consumes the forward's saved state, only when it succeeds: a
+        rejected dy (ValueError/TypeError) changes nothing and can be corrected and retried."""
         return self._backward(F.batch_norm_backward, dy)
 
 
@@ -140,11 +146,12 @@ class BatchNorm3d(_BatchNorm):
 
 
 class _InstanceNorm(_NormBase):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 dtype=np.float32, device="cpu"):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, dtype: DTypeLike = np.float32,
+                 device: str = "cpu"):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         """Per-(sample, channel) statistics; in eval with tracked running stats, those instead."""
         self._check_input(x)
         weight, bias = self._params()
@@ -156,7 +163,10 @@ class _InstanceNorm(_NormBase):
         object.__setattr__(self, "_saved", saved)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
+        """dx for dy (the output's shape, dtype and device); adds dweight/dbias into
+        weight.grad/bias.grad. Consumes the forward's saved state, only when it succeeds: a
+        rejected dy (ValueError/TypeError) changes nothing and can be corrected and retried."""
         return self._backward(F.instance_norm_backward, dy)
 
 
@@ -178,8 +188,9 @@ class InstanceNorm3d(_InstanceNorm):
 class LayerNorm(_Norm):
     """LayerNorm over the trailing normalized_shape dims; weight and bias have that shape."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32, device="cpu"):
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, dtype: DTypeLike = np.float32,
+                 device: str = "cpu"):
         super().__init__(device)
         self.normalized_shape = check.normalized_shape(normalized_shape)
         self.eps = check.eps(eps)
@@ -189,7 +200,7 @@ class LayerNorm(_Norm):
         self.weight = Parameter(self._array(1.0, shape, dtype)) if elementwise_affine else None
         self.bias = Parameter(self._array(0.0, shape, dtype)) if elementwise_affine and bias else None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._check_input(x)
         y, saved = F.layer_norm(x, self.normalized_shape,
                                 self.weight.data if self.weight is not None else None,
@@ -197,7 +208,10 @@ class LayerNorm(_Norm):
         object.__setattr__(self, "_saved", saved)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
+        """dx for dy (the output's shape, dtype and device); adds dweight/dbias into
+        weight.grad/bias.grad. Consumes the forward's saved state, only when it succeeds: a
+        rejected dy (ValueError/TypeError) changes nothing and can be corrected and retried."""
         return self._backward(F.layer_norm_backward, dy)
 
     def extra_repr(self):
@@ -207,7 +221,8 @@ class LayerNorm(_Norm):
 class GroupNorm(_Norm):
     """GroupNorm: (N, C, *) input, statistics per (sample, group); per-channel affine."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, device="cpu"):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 dtype: DTypeLike = np.float32, device: str = "cpu"):
         super().__init__(device)
         if isinstance(num_channels, bool) or not isinstance(num_channels, numbers.Integral) or num_channels <= 0:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
@@ -219,7 +234,7 @@ class GroupNorm(_Norm):
         self.weight = Parameter(self._array(1.0, (num_channels,), dtype)) if affine else None
         self.bias = Parameter(self._array(0.0, (num_channels,), dtype)) if affine else None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._check_input(x)
         if len(x.shape) >= 2 and int(x.shape[1]) != self.num_channels:
             raise ValueError(f"GroupNorm expected {self.num_channels} channels (x.shape[1]), got {int(x.shape[1])}")
@@ -229,7 +244,10 @@ class GroupNorm(_Norm):
         object.__setattr__(self, "_saved", saved)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
+        """dx for dy (the output's shape, dtype and device); adds dweight/dbias into
+        weight.grad/bias.grad. Consumes the forward's saved state, only when it succeeds: a
+        rejected dy (ValueError/TypeError) changes nothing and can be corrected and retried."""
         return self._backward(F.group_norm_backward, dy)
 
     def extra_repr(self):

@@ -4,6 +4,7 @@ The math and the communication pattern are in numbanorm/distributed.py; mpi4py i
 when a training forward first needs the communicator.
 """
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .. import distributed as D
 from .norm import _BatchNorm
@@ -19,8 +20,9 @@ class SyncBatchNorm(_BatchNorm):
     """
     _input_ndims = (2, 3, 4, 5)
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 comm=None, dtype=np.float32, device="cpu"):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, comm=None,
+                 dtype: DTypeLike = np.float32, device: str = "cpu"):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
         object.__setattr__(self, "comm", comm)
 
@@ -40,6 +42,9 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
     def backward(self, dy):
+        """dx for dy (the output's shape, dtype and device), a collective in training mode like
+        the forward; adds this rank's dweight/dbias into weight.grad/bias.grad. Consumes the
+        forward's saved state, only when it succeeds (a rejected dy changes nothing)."""
         return self._backward(D.sync_batch_norm_backward, dy)
 
     @classmethod
