@@ -38,7 +38,8 @@ SGD_OPTIONS = [
     dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=0.05),
     dict(lr=0.05, momentum=0.0, weight_decay=0.1),
 ]
-ADAM_OPTIONS = [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)]
+ADAM_OPTIONS = [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1),
+                dict(lr=0.01, amsgrad=True), dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, amsgrad=True)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -64,7 +65,7 @@ def test_optimizer_step_matches_cpu_and_formula(kind, options, dtype):
 
 
 def _reference_step(kind, o, p, g, st, t):
-    """torch.optim.SGD / Adam (amsgrad=False), in place on p (float64)."""
+    """torch.optim.SGD / Adam, in place on p (float64)."""
     wd = o.get("weight_decay", 0.0)
     g = g + wd * p
     if kind == "SGD":
@@ -78,14 +79,11 @@ def _reference_step(kind, o, p, g, st, t):
     eps = o.get("eps", 1e-8)
     st["m"] = b1 * st.get("m", 0.0) + (1 - b1) * g
     st["v"] = b2 * st.get("v", 0.0) + (1 - b2) * g * g
-    m_hat, v_hat = st["m"] / (1 - b1 ** t), st["v"] / (1 - b2 ** t)
+    v = st["v"]
+    if o.get("amsgrad"):
+        st["vmax"] = v = np.maximum(st.get("vmax", 0.0), v)
+    m_hat, v_hat = st["m"] / (1 - b1 ** t), v / (1 - b2 ** t)
     p -= o["lr"] * m_hat / (np.sqrt(v_hat) + eps)
-
-
-def test_adam_has_no_amsgrad_option():
-    """amsgrad is not offered (so there is no amsgrad path to compare): a clear TypeError."""
-    with pytest.raises(TypeError, match="amsgrad"):
-        optim.Adam([nn.Parameter(np.zeros(2, np.float32))], amsgrad=True)
 
 
 @pytest.mark.parametrize("layer", ["conv", "linear"])
@@ -112,7 +110,7 @@ def test_bias_free_layers_and_input_grad_match_cpu(layer, input_grad):
     np.testing.assert_allclose(host(gpu.weight.grad), cpu.weight.grad, **TOL[dtype])
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_reductions_match_cpu_and_formula(reduction, dtype):
     rng = np.random.default_rng(3)
@@ -124,12 +122,14 @@ def test_cross_entropy_reductions_match_cpu_and_formula(reduction, dtype):
     logp = l64 - l64.max(1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(1, keepdims=True))
     per = -logp[np.arange(5), labels]
-    want = per.mean() if reduction == "mean" else per.sum()
+    want = {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
     np.testing.assert_allclose(loss_c, want, **TOL[dtype])
-    np.testing.assert_allclose(loss_g, loss_c, **TOL[dtype])
-    d_c, d_g = cpu.backward(0.5), gpu.backward(0.5)
+    np.testing.assert_allclose(host(loss_g) if reduction == "none" else loss_g, loss_c, **TOL[dtype])
+    dloss = np.linspace(0.5, 1.5, 5).astype(dtype) if reduction == "none" else 0.5
+    d_c = cpu.backward(dloss)
+    d_g = gpu.backward(cuda.to_device(dloss) if reduction == "none" else dloss)
     dwant = np.exp(logp)
     dwant[np.arange(5), labels] -= 1
-    dwant *= 0.5 / (5 if reduction == "mean" else 1)
+    dwant *= (dloss[:, None] if reduction == "none" else 0.5) / (5 if reduction == "mean" else 1)
     np.testing.assert_allclose(d_c, dwant, **TOL[dtype])
     np.testing.assert_allclose(host(d_g), d_c, **TOL[dtype])
