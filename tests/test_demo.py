@@ -238,6 +238,15 @@ def test_json_records_versions_and_machine(two_norm_run):
     assert env["blas"] and env["machine"] and env["cpu_count"] >= 1
 
 
+def test_committed_demo_json_records_versions_and_machine():
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parent.parent / "docs" / "demo.json").read_text())
+    env = doc["environment"]
+    for key in ("python", "numpy", "numba", "blas", "machine", "cpu_count"):
+        assert env[key], key
+
+
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_plot_has_integer_ticks_and_readable_single_epoch(epochs):
     """One epoch: both panels per training step (a curve, not a column of dots); several:

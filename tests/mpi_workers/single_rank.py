@@ -1,12 +1,14 @@
 """MPI worker (1 rank): SyncBatchNorm on one rank equals BatchNorm, bitwise or to rounding,
 for every option that changes the code path: momentum=None (cumulative average),
-affine=False, track_running_stats=False, and eval mode. Prints OK or raises.
+affine=False, track_running_stats=False, and eval mode; and debug mode catches x modified in
+place before a SyncBatchNorm backward. Prints OK or raises.
 
     mpiexec -n 1 python single_rank.py
 """
 import numpy as np
 from mpi4py import MPI
 
+import numbanorm
 from numbanorm import nn
 
 
@@ -39,4 +41,16 @@ for kwargs in ({}, {"momentum": None}, {"affine": False}, {"track_running_stats"
                {"momentum": None, "affine": False}):
     for shape in ((6, 3, 4, 5), (7, 4)):
         compare(kwargs, shape)
+
+# debug mode: a SyncBatchNorm training forward fingerprints what it saved like every op
+numbanorm.set_debug(True)
+sbn = nn.SyncBatchNorm(3, dtype=np.float64, comm=MPI.COMM_WORLD)
+x = np.random.default_rng(2).standard_normal((5, 3))
+sbn(x)
+x[0, 0] += 1.0
+try:
+    sbn.backward(np.ones_like(x))
+    raise AssertionError("debug mode missed x modified in place")
+except RuntimeError as e:
+    assert str(e).startswith("x saved by the sync_batch_norm forward was modified in place"), e
 print("OK", flush=True)
