@@ -261,7 +261,7 @@ def train_one(norm, data, args, device, log, comm=None, compiles=None):
                 loss = crit.forward(logits, yb)
                 n_correct = int((_host(logits).argmax(axis=1) == yb).sum())
                 if comm is not None:  # the whole batch's mean loss and correct count
-                    total = comm.allreduce(np.array([loss * len(idx), n_correct]))
+                    total = D.allreduce_sum(np.array([loss * len(idx), n_correct]), comm, "loss and accuracy")
                     loss, n_correct = float(total[0]) / n_batch, int(total[1])
                 if not math.isfinite(loss):
                     run["diverged"] = {"epoch": epoch, "step": step + 1, "loss": str(loss)}
@@ -502,7 +502,7 @@ def main(argv=None):
         return _run(args, None)
     from . import distributed as D
 
-    comm = D._comm(None)
+    comm = D.get_comm()
     args.root = comm.Get_rank() == 0
     with D.abort_on_error(comm):  # an error on one rank stops every rank (no hang)
         return _run(args, comm)

@@ -74,8 +74,10 @@ def _mpi():
     return MPI
 
 
-def _comm(comm):
+def get_comm(comm: Comm | None = None) -> Comm:
+    """comm, or MPI.COMM_WORLD when None (mpi4py is imported here, on first use)."""
     return _mpi().COMM_WORLD if comm is None else comm
+
 
 
 # ---------------------------------------------------------------- watchdog
@@ -154,6 +156,16 @@ def _bcast_object(obj, comm, root, what):
     return obj if comm.Get_rank() == root else pickle.loads(buf.tobytes())
 
 
+def allreduce_sum(values: np.ndarray, comm: Comm | None = None, what: str = "values") -> np.ndarray:
+    """The element-wise sum of a float64 host array over the ranks (a collective, under the
+    watchdog: see set_timeout)."""
+    comm = get_comm(comm)
+    send = np.ascontiguousarray(values, dtype=np.float64)
+    total = np.empty_like(send)
+    _allreduce(comm, send, total, what)
+    return total
+
+
 def _host(a):
     """A NumPy float64 copy/view of a (C,) statistic returned by a backend (device or host)."""
     a = a if isinstance(a, np.ndarray) else a.copy_to_host()
@@ -225,7 +237,7 @@ def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = 
         return F.batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = F.channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
-    comm = _comm(comm)
+    comm = get_comm(comm)
 
     x3 = be.contiguous(x).reshape(N, C, S)
     count, mean, m2 = _global_stats(be, x3, comm)  # the collective: every rank gets here
@@ -324,7 +336,7 @@ def allreduce_gradients(params: Iterable, comm: Comm | None = None, average: boo
     zeros (so every rank sends the same layout) and is set to the reduced result. Device grads
     are staged through the host. Returns the number of Allreduce calls made.
     """
-    comm = _comm(comm)
+    comm = get_comm(comm)
     params = [p for p in params]
     size = comm.Get_size()
     by_dtype = {}
@@ -376,7 +388,7 @@ def _reduce_bucket(bucket, n, dtype, comm, divisor):
 
 def broadcast_parameters(module, comm: Comm | None = None, root: int = 0):
     """Copy the parameters and buffers (state_dict) of `module` on rank `root` to every rank."""
-    comm = _comm(comm)
+    comm = get_comm(comm)
     state = module.state_dict() if comm.Get_rank() == root else None
     state = _bcast_object(state, comm, root, "broadcast_parameters")
     module.load_state_dict(state)
@@ -388,7 +400,7 @@ def shard_range(n: int, comm: Comm | None = None, rank: int | None = None,
     """(start, stop) of this rank's contiguous block of n items (sizes differ by at most 1;
     the first n % size ranks get one more). Concatenating the blocks in rank order gives 0..n."""
     if rank is None or size is None:
-        comm = _comm(comm)
+        comm = get_comm(comm)
         rank, size = comm.Get_rank(), comm.Get_size()
     base, extra = divmod(int(n), int(size))
     start = rank * base + min(rank, extra)
@@ -417,7 +429,7 @@ def abort_on_error(comm: Comm | None = None):
     """Run a block on every rank; an exception in it prints the rank and traceback to stderr and
     calls comm.Abort(1), so mpiexec stops every rank (exit status non-zero) instead of leaving
     the other ranks waiting forever in their next collective. SystemExit(0) passes through."""
-    comm = _comm(comm)
+    comm = get_comm(comm)
     try:
         yield comm
     except SystemExit as e:
@@ -452,7 +464,7 @@ def save_on_root(path: str | os.PathLike, state: dict, comm: Comm | None = None,
     """
     from ._fileio import atomic_open
 
-    comm = _comm(comm)
+    comm = get_comm(comm)
     if comm.Get_rank() == root:
         with atomic_open(path, "wb") as f:
             # np.savez converts each value as it writes it (device arrays copy to the host)
@@ -463,4 +475,4 @@ def save_on_root(path: str | os.PathLike, state: dict, comm: Comm | None = None,
 
 def is_root(comm: Comm | None = None, root: int = 0) -> bool:
     """True on rank `root` (the rank that prints and saves)."""
-    return _comm(comm).Get_rank() == root
+    return get_comm(comm).Get_rank() == root
