@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Case:
-    """op: BatchNorm2d-train, BatchNorm2d-eval, LayerNorm (over the last dim), GroupNorm
+    """op: BatchNorm2d-train, BatchNorm2d-eval, BatchNorm1d-train, LayerNorm (over the last dim), GroupNorm
     (`groups` groups) or InstanceNorm2d (affine=False, no running stats: the layer defaults)."""
 
     op: str
@@ -46,6 +46,11 @@ FULL = [
     Case("GroupNorm", (32, 256, 28, 28), 32),
     Case("GroupNorm", (64, 64, 56, 56), 32),
     Case("InstanceNorm2d", (32, 64, 28, 28)),
+    # the shapes users run most: transformer LayerNorm, an MLP's BatchNorm1d, a diffusion GroupNorm
+    Case("LayerNorm", (8192, 768)),
+    Case("LayerNorm", (2048, 4096)),
+    Case("BatchNorm1d-train", (4096, 512)),
+    Case("GroupNorm", (16, 512, 32, 32), 32),
 ] + SMALL
 
 # Quick mode: the small shapes plus one just large enough for the parallel floor kernels.

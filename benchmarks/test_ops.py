@@ -127,7 +127,7 @@ def check(name, got, want):
 
 def prepare_numbanorm(case, direction, x, dy, w, b, rm, rv):
     op = case.op
-    if op.startswith("BatchNorm2d"):
+    if op.startswith("BatchNorm"):
         fwd = lambda: F.batch_norm(x, w, b, rm, rv, training=case.training, momentum=0.1, eps=EPS)
         bwd = F.batch_norm_backward
     elif op == "LayerNorm":
@@ -156,7 +156,7 @@ def prepare_numpy(case, direction, x, dy, w, b, rm, rv):
 def _reference_forward(case, x, w, b, rm, rv):
     """The plain-NumPy reference forward (computed in x's dtype); running stats not updated."""
     op = case.op
-    if op.startswith("BatchNorm2d"):
+    if op.startswith("BatchNorm"):
         return ref.batch_norm(x, w, b, rm.copy(), rv.copy(), training=case.training, eps=EPS)[0]
     if op == "LayerNorm":
         return ref.layer_norm(x, x.shape[1:], w, b, EPS)
@@ -168,7 +168,7 @@ def _reference_forward(case, x, w, b, rm, rv):
 def _reference_backward(case, x, dy, w, rm, rv):
     """(dx, dweight, dbias) of the reference (InstanceNorm: no affine, dweight/dbias unused)."""
     op = case.op
-    if op == "BatchNorm2d-train":
+    if op in ("BatchNorm2d-train", "BatchNorm1d-train"):
         return ref.batch_norm_backward(dy, x, w, rv, training=True, eps=EPS)
     if op == "BatchNorm2d-eval":
         return ref.batch_norm_eval_backward(dy, x, w, rm, rv, eps=EPS)
@@ -190,7 +190,7 @@ def prepare_torch(case, direction, x, dy, w, b, rm, rv, device="cpu", sync=None)
     N, C = int(x.shape[0]), int(x.shape[1])
     mask = [True, True, True]
     if direction == "forward":
-        if op.startswith("BatchNorm2d"):
+        if op.startswith("BatchNorm"):
             fn = lambda: tF.batch_norm(x, rm, rv, w, b, training=case.training, momentum=0.1, eps=EPS)
         elif op == "LayerNorm":
             fn = lambda: tF.layer_norm(x, tuple(x.shape[1:]), w, b, EPS)
@@ -200,7 +200,7 @@ def prepare_torch(case, direction, x, dy, w, b, rm, rv, device="cpu", sync=None)
             fn = lambda: tF.instance_norm(x, eps=EPS)
     else:
         # the kernels autograd would call, with the forward's saved tensors
-        if op.startswith("BatchNorm2d"):
+        if op.startswith("BatchNorm"):
             tr = case.training
             _, sm, si = aten.native_batch_norm(x, w, b, rm, rv, tr, 0.1, EPS)
             fn = lambda: aten.native_batch_norm_backward(dy, x, w, rm, rv, sm, si, tr, EPS, mask)
