@@ -14,20 +14,28 @@ import numpy as np
 from numba import njit, prange
 
 from . import _memory
-from ._parallel import FASTMATH, TASK_SIZE, serial
+from ._parallel import FASTMATH, SERIAL_BELOW, TASK_SIZE
 
 
-def _rows_per_task(M):
-    return max(1, TASK_SIZE // max(M, 1))
+@njit(cache=True, inline="always")
+def _as_type_of(row, value):
+    """value rounded to row's dtype (row[0] is scratch: it is written again afterwards)."""
+    row[0] = value
+    return row[0]
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
-    """Row r: statistics, then normalize and apply the affine (the row is still in cache)."""
+    """Row r: float64 statistics, then normalize and apply the affine (the row is still in cache).
+
+    The elementwise pass runs in x's dtype on (x - m_x), m_x the mean rounded to x's dtype: the
+    subtraction is exact for data near the mean, and the rounding m_x - mean is folded into the
+    offset, so data with a large mean keeps float64-reference accuracy at float32 vector width.
+    """
     M = x.shape[1]
     xr = x[r]
     yr = y[r]
-    # pass 1: shifted sums (the shift keeps the variance free of cancellation)
+    # pass 1: shifted sums in float64 (the shift keeps the variance free of cancellation)
     shift = np.float64(xr[0])
     a1 = 0.0
     a2 = 0.0
@@ -40,34 +48,42 @@ def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
     rs = 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
     mean[r] = m
     rstd[r] = rs
-    # pass 2: y = (x - mean) * rstd * weight + bias
+    m_x = _as_type_of(yr, m)
+    c = (np.float64(m_x) - m) * rs  # xhat = (x - m_x) * rs + c
+    # pass 2: y = xhat * weight + bias
     base = (r % G) * Cg
     if S == 1:
+        rs_x = _as_type_of(yr, rs)
+        c_x = _as_type_of(yr, c)
         wv = weight[base:base + Cg]
         bv = bias[base:base + Cg]
-        for c in range(Cg):
-            yr[c] = (np.float64(xr[c]) - m) * (rs * wv[c]) + bv[c]
+        for k in range(Cg):
+            yr[k] = ((xr[k] - m_x) * rs_x + c_x) * wv[k] + bv[k]
     else:
-        for c in range(Cg):
-            a = rs * weight[base + c]
-            b = np.float64(bias[base + c])
-            xv = xr[c * S:(c + 1) * S]
-            yv = yr[c * S:(c + 1) * S]
+        for k in range(Cg):
+            w = np.float64(weight[base + k])
+            xv = xr[k * S:(k + 1) * S]
+            yv = yr[k * S:(k + 1) * S]
+            a_x = _as_type_of(yv, rs * w)
+            b_x = _as_type_of(yv, c * w + bias[base + k])
             for j in range(S):
-                yv[j] = (np.float64(xv[j]) - m) * a + b
+                yv[j] = (xv[j] - m_x) * a_x + b_x
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward(x, weight, bias, G, Cg, S, eps, rows_per_task, y, mean, rstd, serial):
-    R = x.shape[0]
-    T = -(-R // rows_per_task)
+def _forward(x, weight, bias, G, Cg, S, eps, y, serial):
+    R, M = x.shape
+    mean = np.empty(R)
+    rstd = np.empty(R)
+    rows_per_task = max(1, TASK_SIZE // M)
     if serial:
         for r in range(R):
             _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
     else:
-        for t in prange(T):
+        for t in prange(-(-R // rows_per_task)):
             for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
                 _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
+    return mean, rstd
 
 
 def forward(x, weight, bias, G, Cg, S, eps):
@@ -75,108 +91,143 @@ def forward(x, weight, bias, G, Cg, S, eps):
 
     Returns (y, mean, rstd); mean and rstd are float64 of shape (R,).
     """
-    R, M = x.shape
     y = _memory.empty_like(x)
-    mean = np.empty(R)
-    rstd = np.empty(R)
-    _forward(x, weight, bias, G, Cg, S, eps, _rows_per_task(M), y, mean, rstd, serial(x))
+    mean, rstd = _forward(x, weight, bias, G, Cg, S, eps, y, x.size < SERIAL_BELOW)
     return y, mean, rstd
+
+
+# At most this many backward tasks: each keeps a float64 partial of dweight/dbias (G*Cg each),
+# merged afterwards, so fewer, larger tasks keep that merge small. A shape-only rule.
+MAX_BACKWARD_TASKS = 64
+MERGE_COLUMNS = 1024  # columns per parallel task of that merge
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db):
-    """Rows of task t: dx, plus this task's partial sums of dweight/dbias in part_*[t]."""
+    """Rows of task t: dx, plus this task's partial sums of dweight/dbias in part_*[t].
+
+    As in the forward, elementwise work runs in x's dtype on (x - m_x); sums are float64.
+    """
     R, M = x.shape
     pw_all = part_dw[t]
     pb_all = part_db[t]
-    pw_all[:] = 0.0
-    pb_all[:] = 0.0
+    for k in range(pw_all.size):  # a loop, not `[:] = 0`: parallel=True would make that a parfor
+        pw_all[k] = 0.0
+        pb_all[k] = 0.0
     for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
         m = mean[r]
         rs = rstd[r]
         base = (r % G) * Cg
         xr, gr, dxr = x[r], dy[r], dx[r]
+        m_x = _as_type_of(dxr, m)
+        c = (np.float64(m_x) - m) * rs  # xhat = (x - m_x) * rs + c
         # pass 1: s1 = sum(w * dy), s2 = sum(w * dy * xhat) over the row, and the
         # per-channel sums of dy * xhat and dy for dweight / dbias
         s1 = 0.0
         s2 = 0.0
         if S == 1:
+            rs_x = _as_type_of(dxr, rs)
+            c_x = _as_type_of(dxr, c)
             wv = weight[base:base + Cg]
             pw = pw_all[base:base + Cg]
             pb = pb_all[base:base + Cg]
-            for c in range(Cg):
-                g = np.float64(gr[c])
-                gx = g * (np.float64(xr[c]) - m) * rs
-                w = np.float64(wv[c])
+            for k in range(Cg):
+                g = gr[k]
+                gx = g * ((xr[k] - m_x) * rs_x + c_x)
+                w = wv[k]
                 s1 += w * g
                 s2 += w * gx
-                pw[c] += gx
-                pb[c] += g
+                pw[k] += gx
+                pb[k] += g
         else:
-            for c in range(Cg):
+            for k in range(Cg):
                 sg = 0.0
                 sgx = 0.0
-                xv = xr[c * S:(c + 1) * S]
-                gv = gr[c * S:(c + 1) * S]
+                xv = xr[k * S:(k + 1) * S]
+                gv = gr[k * S:(k + 1) * S]
                 for j in range(S):
-                    g = np.float64(gv[j])
+                    g = gv[j]
                     sg += g
-                    sgx += g * (np.float64(xv[j]) - m)
-                sgx *= rs
-                w = np.float64(weight[base + c])
+                    sgx += g * (xv[j] - m_x)
+                sgx = sgx * rs + c * sg  # sum(dy * xhat)
+                w = np.float64(weight[base + k])
                 s1 += w * sg
                 s2 += w * sgx
-                pw_all[base + c] += sgx
-                pb_all[base + c] += sg
+                pw_all[base + k] += sgx
+                pb_all[base + k] += sg
         # pass 2: dx = rstd * (w*dy - (s1 + xhat*s2) / M)
+        #            = (rstd*w) * dy + b * (x - m_x) + d
         f1 = s1 / M
         f2 = s2 / M
+        b = -rs * rs * f2
+        d = -rs * (f1 + c * f2)
         if S == 1:
+            b_x = _as_type_of(dxr, b)
+            d_x = _as_type_of(dxr, d)
+            rs_x = _as_type_of(dxr, rs)
             wv = weight[base:base + Cg]
-            for c in range(Cg):
-                xh = (np.float64(xr[c]) - m) * rs
-                dxr[c] = rs * (wv[c] * np.float64(gr[c]) - f1 - xh * f2)
+            for k in range(Cg):
+                dxr[k] = (rs_x * wv[k]) * gr[k] + b_x * (xr[k] - m_x) + d_x
         else:
-            for c in range(Cg):
-                w = np.float64(weight[base + c])
-                xv = xr[c * S:(c + 1) * S]
-                gv = gr[c * S:(c + 1) * S]
-                dv = dxr[c * S:(c + 1) * S]
+            for k in range(Cg):
+                xv = xr[k * S:(k + 1) * S]
+                gv = gr[k * S:(k + 1) * S]
+                dv = dxr[k * S:(k + 1) * S]
+                a_x = _as_type_of(dv, rs * weight[base + k])
+                b_x = _as_type_of(dv, b)
+                d_x = _as_type_of(dv, d)
                 for j in range(S):
-                    xh = (np.float64(xv[j]) - m) * rs
-                    dv[j] = rs * (w * np.float64(gv[j]) - f1 - xh * f2)
+                    dv[j] = a_x * gv[j] + b_x * (xv[j] - m_x) + d_x
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db, serial):
-    T = part_dw.shape[0]
+def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, serial):
+    """dx into dx; returns (dweight, dbias) in weight's dtype, summed in float64 in task order."""
+    R, M = x.shape
+    C = G * Cg
+    rows_per_task = max(TASK_SIZE // M, -(-R // MAX_BACKWARD_TASKS), 1)
+    T = -(-R // rows_per_task)
+    part_dw = np.empty((T, C))
+    part_db = np.empty((T, C))
+    dweight = np.empty(C, weight.dtype)
+    dbias = np.empty(C, weight.dtype)
     if serial:
         for t in range(T):
             _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db)
+        _merge_columns(0, C, part_dw, part_db, dweight, dbias)
     else:
         for t in prange(T):
             _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db)
+        for k in prange(-(-C // MERGE_COLUMNS)):
+            _merge_columns(k * MERGE_COLUMNS, min(C, (k + 1) * MERGE_COLUMNS), part_dw, part_db,
+                           dweight, dbias)
+    return dweight, dbias
 
 
-@njit(cache=True)
-def _sum_rows(p):
-    out = np.zeros(p.shape[1])
-    for t in range(p.shape[0]):
-        for i in range(p.shape[1]):
-            out[i] += p[t, i]
-    return out
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _merge_columns(c0, c1, part_dw, part_db, dweight, dbias):
+    """Columns [c0, c1) of the partials summed over tasks in task order."""
+    acc_w = np.empty(c1 - c0)
+    acc_b = np.empty(c1 - c0)
+    for i in range(c1 - c0):  # not np.zeros: parallel=True would make that a parfor
+        acc_w[i] = 0.0
+        acc_b[i] = 0.0
+    for t in range(part_dw.shape[0]):
+        pw = part_dw[t, c0:c1]
+        pb = part_db[t, c0:c1]
+        for i in range(c1 - c0):
+            acc_w[i] += pw[i]
+            acc_b[i] += pb[i]
+    for i in range(c1 - c0):
+        dweight[c0 + i] = acc_w[i]
+        dbias[c0 + i] = acc_b[i]
 
 
 def backward(x, dy, mean, rstd, weight, G, Cg, S):
-    """Row-norm backward -> (dx, dweight, dbias); dweight/dbias float64 of shape (G*Cg,)."""
-    R, M = x.shape
-    rows_per_task = _rows_per_task(M)
-    ntask = -(-R // rows_per_task)
+    """Row-norm backward -> (dx, dweight, dbias); dweight/dbias of weight's dtype, shape (G*Cg,)."""
     dx = _memory.empty_like(x)
-    part_dw = np.empty((ntask, G * Cg))
-    part_db = np.empty((ntask, G * Cg))
-    _backward(x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db, serial(x))
-    return dx, _sum_rows(part_dw), _sum_rows(part_db)
+    dweight, dbias = _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, x.size < SERIAL_BELOW)
+    return dx, dweight, dbias
 
 
 def instance_running_update(mean, rstd, eps, N, C, S, running_mean, running_var, momentum):
