@@ -64,8 +64,9 @@ def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
     N, C = x.shape
     a1 = p1[b, :, 0]
     a2 = p2[b, :, 0]
-    a1[:] = 0.0
-    a2[:] = 0.0
+    for c in range(C):  # a loop, not `[:] = 0`: parallel=True would make that a parfor
+        a1[c] = 0.0
+        a2[c] = 0.0
     for n in range(b * samples, min(N, (b + 1) * samples)):
         xv = x[n]
         if with_dy:
@@ -148,25 +149,46 @@ def _mean_var(center, s1, s2, count):
 
 # ---------------------------------------------------------------- elementwise passes
 
+@njit(cache=True)
+def _in_dtype_of(u, center, coefficient, constant):
+    """Per-channel (center_u, coefficient_u, constant_u) in u's dtype such that
+    coefficient * (u - center) + constant == coefficient_u * (u - center_u) + constant_u.
+
+    The elementwise passes then run at u's vector width: u - center_u is exact for data near
+    the center (large means included), and center's rounding is folded into the constant.
+    """
+    C = center.size
+    center_u = np.empty(C, u.dtype)
+    coefficient_u = np.empty(C, u.dtype)
+    constant_u = np.empty(C, u.dtype)
+    for c in range(C):
+        center_u[c] = center[c]
+        coefficient_u[c] = coefficient[c]
+        constant_u[c] = constant[c] + coefficient[c] * (np.float64(center_u[c]) - center[c])
+    return center_u, coefficient_u, constant_u
+
+
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _affine_task(t, u, center, scale, offset, out):
-    """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]; for S == 1, row n."""
+    """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]; for S == 1, row n.
+    Coefficients in u's dtype (see _in_dtype_of)."""
     N, C, S = u.shape
     if S == 1:
         uv, ov = u[t, :, 0], out[t, :, 0]
         for c in range(C):
-            ov[c] = (np.float64(uv[c]) - center[c]) * scale[c] + offset[c]
+            ov[c] = (uv[c] - center[c]) * scale[c] + offset[c]
     else:
         n, c = t // C, t % C
         m, a, b = center[c], scale[c], offset[c]
         uv, ov = u[n, c], out[n, c]
         for s in range(S):
-            ov[s] = (np.float64(uv[s]) - m) * a + b
+            ov[s] = (uv[s] - m) * a + b
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _affine(u, center, scale, offset, out, serial):
     N, C, S = u.shape
+    center, scale, offset = _in_dtype_of(u, center, scale, offset)
     T = N if S == 1 else N * C
     if serial:
         for t in range(T):
@@ -185,30 +207,35 @@ def affine(u, center, scale, offset):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dx_task(t, x, dy, mean, a, b, d, dx):
-    """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d."""
+    """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d
+    in x's dtype."""
     N, C, S = x.shape
     if S == 1:
         xv, gv, ov = x[t, :, 0], dy[t, :, 0], dx[t, :, 0]
         for c in range(C):
-            ov[c] = a[c] * np.float64(gv[c]) + b[c] * (np.float64(xv[c]) - mean[c]) + d[c]
+            ov[c] = a[c] * gv[c] + b[c] * (xv[c] - mean[c]) + d[c]
     else:
         n, c = t // C, t % C
         ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
         xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
         for s in range(S):
-            ov[s] = ac * np.float64(gv[s]) + bc * (np.float64(xv[s]) - mc) + dc
+            ov[s] = ac * gv[s] + bc * (xv[s] - mc) + dc
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward_dx(x, dy, mean, a, b, d, dx, serial):
     N, C, S = x.shape
+    mean, b, d = _in_dtype_of(x, mean, b, d)
+    a_x = np.empty(C, x.dtype)
+    for c in range(C):
+        a_x[c] = a[c]
     T = N if S == 1 else N * C
     if serial:
         for t in range(T):
-            _dx_task(t, x, dy, mean, a, b, d, dx)
+            _dx_task(t, x, dy, mean, a_x, b, d, dx)
     else:
         for t in prange(T):
-            _dx_task(t, x, dy, mean, a, b, d, dx)
+            _dx_task(t, x, dy, mean, a_x, b, d, dx)
 
 
 # ---------------------------------------------------------------- per-channel math
