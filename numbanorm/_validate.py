@@ -22,8 +22,8 @@ def min_ndim(name, a, ndim, what):
 
 def param(name, a, shape, dtype):
     """An optional parameter or buffer: None, or an array of exactly `shape` and `dtype`."""
-    if a is None:
-        return
+    if a is None or (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype):
+        return  # the common case, checked without building tuples
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
     if np.dtype(a.dtype) != dtype:
@@ -31,12 +31,16 @@ def param(name, a, shape, dtype):
 
 
 def eps(value):
+    if type(value) is float and value > 0:  # the common case, without the ABC check
+        return value
     if not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"eps must be a positive number, got {value!r}")
     return float(value)
 
 
 def momentum(value):
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, without the ABC check
+        return value
     if not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1], got {value!r}")
     return float(value)
@@ -59,6 +63,8 @@ def num_groups(value, channels):
 
 
 def normalized_shape(value):
+    if type(value) is tuple and len(value) == 1 and type(value[0]) is int and value[0] >= 0:
+        return value  # the common case (a layer's own normalized_shape)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value,)
     try:

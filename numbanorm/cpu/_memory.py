@@ -43,6 +43,8 @@ def empty(shape, dtype):
 
 
 def empty_like(a):
+    if a.nbytes < MIN_BYTES:  # the common small case, without the pool's bookkeeping
+        return np.empty(a.shape, a.dtype)
     return empty(a.shape, a.dtype)
 
 

@@ -16,6 +16,8 @@ Formulas (biased variance for normalization, unbiased for running_var):
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
 NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
 """
+import functools
+
 from .. import _backend
 from .. import _validate as check
 from ._common import Array, Saved, check_saved, grad_output, prod
@@ -96,11 +98,17 @@ def batch_norm_backward(dy: Array, saved: Saved) -> Grads:
 
 # ---------------------------------------------------------------- row norms
 
+@functools.lru_cache(maxsize=64)
+def _constant(be, shape, value, dtype):
+    """A shared read-only-by-convention array of `value` (kernels never write their weight/bias)."""
+    return be.full(shape, value, dtype)
+
+
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
     C = G * Cg
-    w = weight if weight is not None else be.full((C,), 1.0, dtype)
-    b = bias if bias is not None else be.full((C,), 0.0, dtype)
+    w = weight if weight is not None else _constant(be, (C,), 1.0, dtype)
+    b = bias if bias is not None else _constant(be, (C,), 0.0, dtype)
     x2 = be.contiguous(x).reshape(N * G, Cg * S)
     y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
     saved = Saved(op="row", backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
