@@ -119,13 +119,16 @@ def _merge(p):
     return out
 
 
+def _task_grid(N, C, S):
+    """(samples, spatial) per task of _channel_sums for an (N, C, S) array."""
+    if S == 1:
+        return max(1, TASK_SIZE // max(C, 1)), 1
+    return _grid(N, S)
+
+
 def _partial_sums(x, center, dy):
     """_channel_sums with the task grid for x's shape; dy=None sums x's shifted moments."""
-    N, C, S = x.shape
-    if S == 1:
-        samples, spatial = max(1, TASK_SIZE // max(C, 1)), 1
-    else:
-        samples, spatial = _grid(N, S)
+    samples, spatial = _task_grid(*x.shape)
     return _channel_sums(x, center, x if dy is None else dy, dy is not None, samples, spatial, serial(x))
 
 
@@ -280,15 +283,31 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     """
     N, C, S = x.shape
     if training:
-        center = x[0, :, 0].astype(np.float64)
-        s1, s2 = _partial_sums(x, center, None)
-        coefficients = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
-                                             running_mean, running_var, momentum)
+        y = _memory.empty_like(x)
+        mean, rstd = _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
+                                    *_task_grid(N, C, S), y, serial(x))
+        return y, mean, rstd
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
         coefficients = _forward_coefficients(mean, mean, var, 0, eps, weight, bias, None, None, 0.0)
     mean, rstd, scale, offset = coefficients
     return affine(x, mean, scale, offset), mean, rstd
+
+
+@njit(cache=True)
+def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, samples, spatial, y,
+                   serial):
+    """The training forward in one compiled call: sums, coefficients (running stats updated),
+    y = (x - mean) * scale + offset. Returns (mean, rstd)."""
+    N, C, S = x.shape
+    center = np.empty(C)
+    for c in range(C):
+        center[c] = x[0, c, 0]
+    s1, s2 = _channel_sums(x, center, x, False, samples, spatial, serial)
+    mean, rstd, scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
+                                                      running_mean, running_var, momentum)
+    _affine(x, mean, scale, offset, y, serial)
+    return mean, rstd
 
 
 def backward_sums(x, dy, mean):
@@ -327,5 +346,20 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
 def backward(x, dy, mean, rstd, weight, training):
     """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads float64 (C,)."""
     N, C, S = x.shape
+    if training:
+        dx = _memory.empty_like(x)
+        dweight, dbias = _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx,
+                                         serial(x))
+        return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
     return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
+
+
+@njit(cache=True)
+def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, serial):
+    """The training backward in one compiled call: dx into dx; returns (dweight, dbias)."""
+    N, C, S = x.shape
+    sum_dy, sum_dy_xmu = _channel_sums(x, mean, dy, True, samples, spatial, serial)
+    a, b, d = _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
+    _backward_dx(x, dy, mean, a, b, d, dx, serial)
+    return sum_dy_xmu * rstd, sum_dy
