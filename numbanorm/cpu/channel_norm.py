@@ -62,8 +62,9 @@ def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
     """The S == 1 case: task b sums rows [b*samples, (b+1)*samples) of an (N, C) array, so the
     inner loop runs along contiguous channels."""
     N, C = x.shape
-    a1 = p1[b, :, 0]
-    a2 = p2[b, :, 0]
+    # reshape, not [b, :, 0]: a C-contiguous view lets LLVM vectorise (nk == 1 here)
+    a1 = p1[b].reshape(C)
+    a2 = p2[b].reshape(C)
     for c in range(C):  # a loop, not `[:] = 0`: parallel=True would make that a parfor
         a1[c] = 0.0
         a2[c] = 0.0
@@ -91,7 +92,7 @@ def _channel_sums(x, center, dy, with_dy, samples, spatial, serial):
     p1 = np.empty((nb, C, nk))
     p2 = np.empty((nb, C, nk))
     if S == 1:
-        x2, dy2 = x[:, :, 0], dy[:, :, 0]
+        x2, dy2 = x.reshape(N, C), dy.reshape(N, C)  # C-contiguous 2-D views
         if serial:
             for b in range(nb):
                 _column_task(b, x2, center, dy2, with_dy, samples, p1, p2)
@@ -177,7 +178,7 @@ def _affine_task(t, u, center, scale, offset, out):
     Coefficients in u's dtype (see _in_dtype_of)."""
     N, C, S = u.shape
     if S == 1:
-        uv, ov = u[t, :, 0], out[t, :, 0]
+        uv, ov = u[t].reshape(C), out[t].reshape(C)  # contiguous views: vectorised
         for c in range(C):
             ov[c] = (uv[c] - center[c]) * scale[c] + offset[c]
     else:
@@ -214,7 +215,7 @@ def _dx_task(t, x, dy, mean, a, b, d, dx):
     in x's dtype."""
     N, C, S = x.shape
     if S == 1:
-        xv, gv, ov = x[t, :, 0], dy[t, :, 0], dx[t, :, 0]
+        xv, gv, ov = x[t].reshape(C), dy[t].reshape(C), dx[t].reshape(C)
         for c in range(C):
             ov[c] = a[c] * gv[c] + b[c] * (xv[c] - mean[c]) + d[c]
     else:
