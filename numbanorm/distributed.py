@@ -201,13 +201,18 @@ def merge_stats(parts: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return n, mean, m2
 
 
-def _global_stats(be, x3, comm):
-    """Allgather the local (count, mean, M2) of an (N, C, S) array; merge -> (count, mean, var)."""
+def _global_stats(be, x3, comm, mask_host=None, mask_kernel=None):
+    """Allgather the local (count, mean, M2) of an (N, C, S) array (over the positions selected
+    by the (N, S) mask when given); merge -> (count, mean, M2)."""
     N, C, S = x3.shape
     local = np.zeros((3, C))
-    count = N * S
-    if count > 0:
+    count = N * S if mask_host is None else int(mask_host.sum())
+    if count > 0 and mask_host is not None:
+        first = int(np.argmax(mask_host.reshape(-1)))
+        mean, var = be.channel_norm.masked_stats(x3, mask_kernel, first // S, first % S, count)
+    elif count > 0:
         mean, var = be.channel_norm.stats(x3)
+    if count > 0:
         local[0] = count
         local[1] = _host(mean)
         local[2] = _host(var) * count
@@ -222,33 +227,39 @@ def _global_stats(be, x3, comm):
 def sync_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                     running_mean: Array | None = None, running_var: Array | None = None,
                     training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-                    comm: Comm | None = None) -> tuple[Array, Saved]:
+                    comm: Comm | None = None, mask: Array | None = None) -> tuple[Array, Saved]:
     """BatchNorm whose training statistics are taken over the batches of all ranks of `comm`.
 
     Same arguments, checks and result as functional.batch_norm (x of shape (N, C, *spatial),
     (C,) parameters of x's dtype); N may differ between ranks and may be 0 on some. Every rank
     of comm must call it (a collective). training=False is plain batch_norm (no communication).
     Returns (y, saved) for sync_batch_norm_backward. saved.count is the global number of values
-    per channel.
+    per channel. mask (bool (N,) or (N, *spatial), this rank's): the statistics come from the
+    selected positions of all ranks, as batch_norm's mask; fewer than 2 in all is a ValueError.
     """
     from . import functional as F
+    from .functional.norm import mask_input
 
     if not training:
-        return F.batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+        return F.batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps, mask=mask)
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = F.channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     comm = get_comm(comm)
+    mask_host = mask_kernel = None
+    if mask is not None:
+        mask_host, mask_kernel = mask_input(be, mask, x.shape)
 
     x3 = be.contiguous(x).reshape(N, C, S)
-    count, mean, m2 = _global_stats(be, x3, comm)  # the collective: every rank gets here
-    if count == 1:  # raised on every rank alike (the count is global), so nobody hangs
+    count, mean, m2 = _global_stats(be, x3, comm, mask_host, mask_kernel)  # the collective
+    if count == 1 or (mask is not None and count < 2):  # the count is global: every rank raises
         raise ValueError(
-            f"Expected more than 1 value per channel when training, got 1 value per channel over "
-            f"all {comm.Get_size()} ranks (this rank's x has shape {tuple(x.shape)})"
+            f"Expected more than 1 {'selected ' if mask is not None else ''}value per channel when "
+            f"training, got {int(count)} over all {comm.Get_size()} ranks (this rank's x has shape "
+            f"{tuple(x.shape)})"
         )
     fields = dict(op="sync_batch_norm", backend=be, shape=tuple(x.shape), dtype=dtype, weight=weight,
                   has_weight=weight is not None, has_bias=bias is not None, count=int(count),
-                  comm=comm, training=True)
+                  comm=comm, training=True, mask=mask_kernel)
     var = m2 / count if count > 0 else np.zeros(C)
     if count > 0 and running_mean is not None:
         _update_running(be, running_mean, running_var, mean, m2 / (count - 1), momentum)
@@ -307,9 +318,13 @@ def sync_batch_norm_backward(dy: Array, saved: Saved) -> tuple[Array, Array | No
         dw = be.full((C,), 0.0, saved.dtype) if saved.has_weight else None
         db = be.full((C,), 0.0, saved.dtype) if saved.has_bias else None
         return dx, dw, db
-    dx, _, _ = be.channel_norm.backward_from_sums(
-        saved.x, dy3, saved.mean, saved.rstd, saved.weight, True,
-        _on_backend(be, total[0]), _on_backend(be, total[1]), saved.count)
+    sums = _on_backend(be, total[0]), _on_backend(be, total[1])
+    if saved.mask is not None:
+        dx, _, _ = be.channel_norm.masked_backward_from_sums(
+            saved.x, dy3, saved.mean, saved.rstd, saved.weight, saved.mask, *sums, saved.count)
+    else:
+        dx, _, _ = be.channel_norm.backward_from_sums(
+            saved.x, dy3, saved.mean, saved.rstd, saved.weight, True, *sums, saved.count)
     rstd = _host(saved.rstd)
     dw = _to(be, (local[1] * rstd).astype(saved.dtype)) if saved.has_weight else None
     db = _to(be, local[0].astype(saved.dtype)) if saved.has_bias else None

@@ -6,7 +6,7 @@ and Adam (L2 weight decay added to the gradient, optional amsgrad).
 
 Each update is numbanorm.functional.sgd_step / adam_step on one parameter (one kernel on the
 parameter's device, CPU or GPU); state buffers live beside the parameter. A parameter whose
-.grad is None is skipped, as in PyTorch.
+.grad is None, or that does not require grad, is skipped, as in PyTorch.
 """
 import numbers
 
@@ -56,7 +56,7 @@ class Optimizer:
         """(index, parameter) for every parameter with a gradient, all checked first."""
         live = []
         for i, p in enumerate(self.params):
-            if p.grad is None:
+            if p.grad is None or not p.requires_grad:
                 continue
             if _backend.device_of(p.grad) != _backend.device_of(p.data):
                 raise ValueError(f"params[{i}]: gradient and parameter are on different devices")

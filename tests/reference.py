@@ -129,3 +129,84 @@ def instance_norm_backward(dy, x, weight=None, eps=1e-5):
     dx = _normalize_backward(dy * w, x, axes, eps)
     paxes = (0,) + axes
     return dx, np.sum(dy * xhat, axis=paxes), np.sum(dy, axis=paxes)
+
+
+# ---------------------------------------------------------------- BatchNorm's variants
+
+def weight_standardization(w, eps=1e-6):
+    """Per output channel (dim 0) over all other dims: (w - mean) / sqrt(var + eps)."""
+    return _normalize(w, tuple(range(1, w.ndim)), eps)[0]
+
+
+def weight_standardization_backward(dw_hat, w, eps=1e-6):
+    return _normalize_backward(dw_hat, w, tuple(range(1, w.ndim)), eps)
+
+
+def batch_renorm_r_d(x, running_mean, running_var, eps=1e-5, rmax=3.0, dmax=5.0):
+    """Batch Renormalization's per-channel r and d (constants for the backward)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    sigma_b = np.sqrt(x.var(axis=axes) + eps)
+    sigma = np.sqrt(running_var + eps)
+    r = np.clip(sigma_b / sigma, 1.0 / rmax, rmax)
+    d = np.clip((x.mean(axis=axes) - running_mean) / sigma, -dmax, dmax)
+    return r, d
+
+
+def batch_renorm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, rmax=3.0,
+                 dmax=5.0, r_d=None):
+    """Training mode: (y, new_running_mean, new_running_var). r_d=(r, d) fixes r and d (to
+    differentiate with them held constant)."""
+    r, d = batch_renorm_r_d(x, running_mean, running_var, eps, rmax, dmax) if r_d is None else r_d
+    axes = (0,) + tuple(range(2, x.ndim))
+    cs = _channel_shape(x)
+    xhat, _, _ = _normalize(x, axes, eps)
+    y = _affine(xhat * r.reshape(cs) + d.reshape(cs), weight, bias, cs)
+    _, rm, rv = batch_norm(x, None, None, running_mean, running_var, True, momentum, eps)
+    return y, rm, rv
+
+
+def batch_renorm_backward(dy, x, weight, running_mean, running_var, eps=1e-5, rmax=3.0, dmax=5.0):
+    r, d = batch_renorm_r_d(x, running_mean, running_var, eps, rmax, dmax)
+    axes = (0,) + tuple(range(2, x.ndim))
+    cs = _channel_shape(x)
+    w = weight.reshape(cs) if weight is not None else 1.0
+    xhat, _, _ = _normalize(x, axes, eps)
+    dx = _normalize_backward(dy * w * r.reshape(cs), x, axes, eps)
+    return dx, np.sum(dy * (xhat * r.reshape(cs) + d.reshape(cs)), axis=axes), np.sum(dy, axis=axes)
+
+
+def masked_batch_norm(x, weight, bias, mask, running_mean=None, running_var=None, momentum=0.1,
+                      eps=1e-5):
+    """Training-mode BatchNorm whose statistics come from the positions where mask (bool, (N,)
+    or (N, *spatial)) is True; every position is normalized. Returns (y, rm, rv)."""
+    cs = _channel_shape(x)
+    m = np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1 - mask.ndim)),
+                        (x.shape[0],) + x.shape[2:])
+    sel = np.moveaxis(x, 1, -1)[m]  # (K, C)
+    k = sel.shape[0]
+    mean, var = sel.mean(axis=0), sel.var(axis=0)
+    y = _affine((x - mean.reshape(cs)) / np.sqrt(var.reshape(cs) + eps), weight, bias, cs)
+    if running_mean is not None:
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var = (1 - momentum) * running_var + momentum * var * k / (k - 1)
+    return y, running_mean, running_var
+
+
+def masked_batch_norm_backward(dy, x, weight, mask, eps=1e-5):
+    """(dx, dweight, dbias) by the chain rule through the selected mean and variance."""
+    cs = _channel_shape(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    m = np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1 - mask.ndim)),
+                        (x.shape[0],) + x.shape[2:])
+    sel = np.moveaxis(x, 1, -1)[m]
+    k = sel.shape[0]
+    mean, var = sel.mean(axis=0).reshape(cs), sel.var(axis=0).reshape(cs)
+    std_inv = 1.0 / np.sqrt(var + eps)
+    w = weight.reshape(cs) if weight is not None else 1.0
+    xmu = x - mean
+    dxhat = dy * w
+    mf = np.expand_dims(m, 1).astype(np.float64)  # (N, 1, *spatial): selected positions
+    dvar = np.sum(dxhat * xmu * -0.5 * std_inv**3, axis=axes, keepdims=True)
+    dmean = np.sum(-dxhat * std_inv, axis=axes, keepdims=True)  # d var / d mean = 0 over the selection
+    dx = dxhat * std_inv + mf * (dvar * 2.0 * xmu / k + dmean / k)
+    return dx, np.sum(dy * xmu * std_inv, axis=axes), np.sum(dy, axis=axes)

@@ -336,3 +336,34 @@ def test_single_rank_sync_batch_norm_equals_batch_norm(warm):
     SyncBatchNorm gives BatchNorm's outputs, gradients, running statistics and counter."""
     res = check_ok(mpirun(1, "single_rank.py"))
     assert "OK" in res.stdout
+
+
+@needs_mpi
+def test_masked_sync_batch_norm_equals_single_process_masked(warm):
+    """SyncBatchNorm with each rank's mask (3 ranks, one selecting nothing) against masked
+    BatchNorm on the concatenated batch and mask: y, dx, summed dweight, running stats."""
+    code = (
+        "import numpy as np\n"
+        "from mpi4py import MPI\n"
+        "from numbanorm import nn\n"
+        "c = MPI.COMM_WORLD\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = 5.0 + rng.standard_normal((9, 3, 4)); dy = rng.standard_normal(x.shape)\n"
+        "mask = rng.random((9, 4)) < 0.5; mask[3:5] = False\n"
+        "sl = slice(*[(0, 3), (3, 5), (5, 9)][c.rank])\n"
+        "sync = nn.SyncBatchNorm(3, comm=c, dtype=np.float64)\n"
+        "y = sync(x[sl], mask=mask[sl]); dx = sync.backward(dy[sl])\n"
+        "ys, dxs, dws = c.gather(y, 0), c.gather(dx, 0), c.gather(sync.weight.grad, 0)\n"
+        "if c.rank == 0:\n"
+        "    ref = nn.BatchNorm1d(3, dtype=np.float64)\n"
+        "    y0 = ref(x, mask=mask); dx0 = ref.backward(dy)\n"
+        "    err = max(np.abs(np.concatenate(ys) - y0).max(), np.abs(np.concatenate(dxs) - dx0).max(),\n"
+        "              np.abs(np.sum(dws, 0) - ref.weight.grad).max(),\n"
+        "              np.abs(sync.running_var - ref.running_var).max())\n"
+        "    print(f'max error {err:.3e}', flush=True)\n"
+        "    assert err < 1e-10, err\n"
+    )
+    res = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-c", code], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    check_ok(res)
+    assert "max error" in res.stdout, res.stdout

@@ -18,6 +18,8 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+import numpy as np
+
 from .. import _backend
 from .. import _validate as check
 
@@ -55,6 +57,7 @@ class Saved:
     has_weight = has_bias = training = False
     param_shape = groups = channels_per_group = spatial = None
     fingerprints = None  # debug mode: {field name: fingerprint} of the arrays held
+    mask = count = None
 
     def __init__(self, **fields):
         self.__dict__.update(fields)
@@ -92,3 +95,26 @@ def grad_output(dy, saved):
         raise ValueError(f"dy is on {be_dy.name} but the forward ran on {saved.backend.name}")
     check.grad_output(a["dy"], saved.shape, saved.dtype)
     return a["dy"]
+
+
+def to_host(a):
+    """A float64 NumPy copy of a small (C,) array from either backend (statistics, parameters)."""
+    return np.array(_backend.transfer(a, "cpu"), dtype=np.float64)
+
+
+def on_backend(be, host, dtype=np.float64):
+    """A (C,) host array as an array of `dtype` on backend be (a device copy on cuda)."""
+    host = np.ascontiguousarray(host, dtype=dtype)
+    return host if be.name == "cpu" else be.to_device(host)
+
+
+def update_running(be, running_mean, running_var, mean, unbiased_var, momentum):
+    """running = (1 - momentum) * running + momentum * statistic, in place, computed in float64
+    and rounded once to the buffers' dtype (the arithmetic of batch_norm's kernels).
+    mean, unbiased_var: float64 (C,) host arrays."""
+    for buf, stat in ((running_mean, mean), (running_var, unbiased_var)):
+        new = (to_host(buf) * (1.0 - momentum) + momentum * stat).astype(buf.dtype)
+        if be.name == "cpu":
+            buf[...] = new
+        else:
+            buf.copy_to_device(new)

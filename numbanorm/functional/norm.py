@@ -18,9 +18,12 @@ NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified
 """
 import functools
 
+import numpy as np
+
 from .. import _backend
 from .. import _validate as check
-from ._common import Array, Saved, check_saved, grad_output, prod
+from ._common import (Array, Saved, check_saved, grad_output, on_backend, prod, to_host,
+                      update_running)
 
 Grads = tuple[Array, Array | None, Array | None]  # (dx, dweight, dbias)
 
@@ -57,17 +60,30 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
 
 def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                running_mean: Array | None = None, running_var: Array | None = None,
-               training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> tuple[Array, Saved]:
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+               mask: Array | None = None) -> tuple[Array, Saved]:
     """BatchNorm over x of shape (N, C) or (N, C, *spatial); statistics per channel.
 
     weight, bias, running_mean, running_var: (C,) arrays of x's dtype, or None.
     training=True normalizes with batch statistics (updating running stats in place when
     given); training=False normalizes with running_mean / running_var.
+
+    mask: None, or a boolean array of shape (N,) or (N, *spatial) on x's device (padded
+    batches, variable-size inputs). In training the statistics come from the selected
+    positions only (K of them per channel: mean and biased variance for normalizing, the
+    unbiased variance var * K / (K - 1) for running_var) and every position is normalized
+    with them; fewer than 2 selected values is a ValueError. In eval the mask changes nothing.
+    The backward is the exact gradient of that function (see channel_norm.masked_backward_from_sums).
     """
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
     if not training and running_mean is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
+    if mask is not None:
+        mask_host, mask_kernel = mask_input(be, mask, x.shape)
+        if training:
+            return _masked_batch_norm(be, x, weight, bias, running_mean, running_var, dtype,
+                                      N, C, S, eps, momentum, mask_host, mask_kernel)
     if training and N * S == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape "
@@ -94,6 +110,51 @@ def batch_norm_backward(dy: Array, saved: Saved) -> Grads:
     for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
     call can be corrected and retried."""
     return _backward(dy, saved, "channel")
+
+
+def mask_input(be, mask, x_shape):
+    """Check a BatchNorm mask against x's shape and backend.
+
+    Returns (host, kernel): host, a NumPy bool (N, S) copy for counting; kernel, the same
+    selection as a C-contiguous uint8 (N, S) array on the backend for the kernels.
+    """
+    N, S = int(x_shape[0]), prod(x_shape[2:])
+    device = _backend.device_of(mask)
+    if device != be.name:
+        raise ValueError(f"mask must be on x's device ({be.name}), got "
+                         f"{device or type(mask).__module__ + '.' + type(mask).__qualname__}")
+    if np.dtype(mask.dtype) != np.bool_:
+        raise TypeError(f"mask must have dtype bool, got {np.dtype(mask.dtype)}")
+    allowed = ((N,), (N,) + tuple(int(d) for d in x_shape[2:]))
+    if tuple(mask.shape) not in allowed:
+        raise ValueError(f"mask must have shape {allowed[0]} or {allowed[1]} for x of shape "
+                         f"{tuple(x_shape)}, got {tuple(mask.shape)}")
+    host = np.empty((N, S), np.bool_)  # a fresh array: canonical strides, also for S == 1
+    host[...] = np.asarray(_backend.transfer(mask, "cpu")).reshape(N, -1)
+    return host, on_backend(be, host.view(np.uint8), np.uint8)
+
+
+def _masked_batch_norm(be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
+                       momentum, mask_host, mask_kernel):
+    """Training-mode batch_norm with statistics over the selected positions (see batch_norm)."""
+    count = int(mask_host.sum())
+    if count < 2:
+        raise ValueError(f"Expected more than 1 selected value per channel when training, got "
+                         f"{count} (mask selects {count} of the {N * S} positions of x of shape "
+                         f"{tuple(x.shape)})")
+    x3 = be.contiguous(x).reshape(N, C, S)
+    first = int(np.argmax(mask_host.reshape(-1)))
+    mean, var = be.channel_norm.masked_stats(x3, mask_kernel, first // S, first % S, count)
+    if running_mean is not None:
+        update_running(be, running_mean, running_var, to_host(mean),
+                       to_host(var) * (count / (count - 1)), momentum)
+    # normalize every position with the selected statistics: the eval-mode kernel
+    y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, False, mean, var, 0.0)
+    saved = Saved(op="channel", backend=be, family="channel", shape=tuple(x.shape), dtype=dtype,
+                  x=x3, mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
+                  has_bias=bias is not None, param_shape=(C,), training=True,
+                  mask=mask_kernel, count=count)
+    return y3.reshape(tuple(x.shape)), saved
 
 
 # ---------------------------------------------------------------- row norms
@@ -232,7 +293,16 @@ def _backward(dy, saved, family):
         return (be.empty(saved.shape, saved.dtype),
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
     dy_view = be.contiguous(dy).reshape(saved.x.shape)
-    if family == "channel":
+    if family == "channel" and saved.mask is not None:
+        sums = be.channel_norm.backward_sums(saved.x, dy_view, saved.mean)
+        dx, dweight, dbias = be.channel_norm.masked_backward_from_sums(
+            saved.x, dy_view, saved.mean, saved.rstd, saved.weight, saved.mask, *sums, saved.count)
+    elif family == "channel" and not saved.training and not (saved.has_weight or saved.has_bias):
+        # constant statistics and no parameter gradient wanted: dx = w * rstd * dy, no reduction
+        zeros = be.full((saved.x.shape[1],), 0.0, np.float64)
+        dx, dweight, dbias = be.channel_norm.backward_from_sums(
+            saved.x, dy_view, saved.mean, saved.rstd, saved.weight, False, zeros, zeros, 1)
+    elif family == "channel":
         dx, dweight, dbias = be.channel_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                       saved.weight, saved.training)
     else:

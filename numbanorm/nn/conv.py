@@ -80,3 +80,40 @@ class Conv2d(OpModule):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s + f", bias={self.bias is not None}"
+
+
+class StdConv2d(Conv2d):
+    """Conv2d with Weight Standardization (Qiao et al. 2019; timm's StdConv2d convention): every
+    forward convolves with functional.weight_standardization(weight, eps), i.e. per output
+    channel (w - mean) / sqrt(var + eps) over (C_in // groups, KH, KW) with the biased variance,
+    and backward carries dweight back through it. Conv2d's arguments and defaults (note bias=True,
+    where timm's default is bias=False) plus eps; the same state_dict keys (the raw weight).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device="cpu", dtype=np.float32, rng=None,
+                 eps=1e-6):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype, rng)
+        self.eps = check.eps(eps)
+        object.__setattr__(self, "_ws_saved", None)
+
+    def _conv_weight(self):
+        w_hat, saved = F.weight_standardization(self.weight.data, self.eps)
+        object.__setattr__(self, "_ws_saved", saved)
+        return w_hat
+
+    def backward(self, dy, input_grad=True):
+        """dx (None when input_grad=False); dweight through the standardization, dbias as Conv2d."""
+        dx, dw_hat, dbias = F.conv2d_backward(dy, self._pending(), input_grad,
+                                              wants_grad(self.weight) or wants_grad(self.bias))
+        dweight = None
+        if wants_grad(self.weight):
+            dweight = F.weight_standardization_backward(dw_hat, self._ws_saved)
+        self._release()
+        object.__setattr__(self, "_ws_saved", None)
+        self._accumulate_conv_grads(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return super().extra_repr() + f", eps={self.eps}"

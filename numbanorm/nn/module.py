@@ -11,16 +11,22 @@ from .. import _backend
 
 
 class Parameter:
-    """A trainable array (.data) and its gradient (.grad, None until a backward sets it)."""
+    """A trainable array (.data) and its gradient (.grad, None until a backward sets it).
 
-    __slots__ = ("data", "grad")
+    requires_grad=False freezes it: backward leaves .grad None (and layers skip computing a
+    gradient nobody needs), optimizers skip it.
+    """
 
-    def __init__(self, data):
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad=True):
         self.data = data
         self.grad = None
+        self.requires_grad = bool(requires_grad)
 
     def __repr__(self):
-        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}{frozen})"
 
 
 def float_dtype(dtype):
@@ -67,8 +73,8 @@ class Module:
         self._buffers[name] = value
 
     # -- forward / backward -------------------------------------------------------------
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, *args, **kwargs):
+        return self.forward(x, *args, **kwargs)
 
     def forward(self, x):
         raise NotImplementedError
@@ -77,7 +83,7 @@ class Module:
         raise NotImplementedError
 
     def _accumulate_grad(self, param, grad):
-        if grad is None:
+        if grad is None or not param.requires_grad:
             return
         if param.grad is None:
             param.grad = grad
@@ -105,6 +111,18 @@ class Module:
     def parameters(self):
         """The trainable Parameters (objects with .data and .grad), children included."""
         return [p for _, p in self.named_parameters()]
+
+    def requires_grad_(self, requires_grad=True):
+        """Set requires_grad on every parameter (children included); returns self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def named_modules(self, prefix=""):
+        """(name, module) for this module ("" for itself) and every descendant."""
+        yield prefix.rstrip("."), self
+        for name, m in self._modules.items():
+            yield from m.named_modules(prefix + name + ".")
 
     def zero_grad(self):
         """Drop the stored gradients (set to None, PyTorch's default)."""
@@ -139,7 +157,10 @@ class Module:
         """
         items = list(self._state_items())
         expected = {key for key, *_ in items}
-        unexpected = [k for k in state_dict if k not in expected]
+        # keys a module accepts and drops (FrozenBatchNorm2d: a BatchNorm's num_batches_tracked)
+        ignored = {(name + "." if name else "") + key for name, m in self.named_modules()
+                   for key in getattr(m, "_ignored_state_keys", ())}
+        unexpected = [k for k in state_dict if k not in expected and k not in ignored]
         missing = [k for k in expected if k not in state_dict]
         required_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if strict and (unexpected or required_missing):

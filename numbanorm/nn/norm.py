@@ -1,4 +1,5 @@
-"""Normalization layers with PyTorch's constructor arguments, defaults and state_dict keys."""
+"""Normalization layers with PyTorch's constructor arguments, defaults and state_dict keys;
+BatchNorm's variants (BatchRenorm1d/2d/3d, FrozenBatchNorm2d as torchvision's)."""
 import numbers
 
 import numpy as np
@@ -34,11 +35,18 @@ class _Norm(Module):
         saved = self._saved
         if saved is None:
             raise ValueError(f"{type(self).__name__}.backward called before forward (or twice for one forward)")
+        # a frozen parameter's gradient is neither returned nor, where avoidable, computed
+        saved.has_weight = saved.has_weight and self._wants_grad("weight")
+        saved.has_bias = saved.has_bias and self._wants_grad("bias")
         dx, dweight, dbias = functional_backward(dy, saved)
         object.__setattr__(self, "_saved", None)
         self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
         self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
         return dx
+
+    def _wants_grad(self, name):
+        p = self._parameters.get(name)
+        return p is not None and p.requires_grad
 
     def _check_input(self, x):
         """x must be an array (the functional API's TypeError naming x) of an accepted ndim."""
@@ -104,8 +112,10 @@ class _BatchNorm(_NormBase):
                  device: str = "cpu"):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
 
-    def forward(self, x: Array) -> Array:
-        """Training: batch statistics (running stats updated); eval: running statistics."""
+    def forward(self, x: Array, mask: Array | None = None) -> Array:
+        """Training: batch statistics (running stats updated); eval: running statistics.
+        mask: optional bool (N,) or (N, *spatial) selecting the positions the training
+        statistics come from (see functional.batch_norm); ignored in eval."""
         self._check_input(x)
         momentum = 0.0 if self.momentum is None else self.momentum
         counting = self.training and self.track_running_stats
@@ -117,7 +127,7 @@ class _BatchNorm(_NormBase):
         y, saved = F.batch_norm(x, weight, bias,
                                 self.running_mean if pass_running else None,
                                 self.running_var if pass_running else None,
-                                use_batch_stats, momentum, self.eps)
+                                use_batch_stats, momentum, self.eps, mask=mask)
         if counting:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
         object.__setattr__(self, "_saved", saved)
@@ -143,6 +153,97 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm3d(_BatchNorm):
     """BatchNorm over (N, C, D, H, W)."""
     _input_ndims = (5,)
+
+
+class _BatchRenorm(_NormBase):
+    """Batch Renormalization (Ioffe 2017); see functional.batch_renorm. Always tracks running
+    statistics (training uses them for r and d); BatchNorm's state_dict keys."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, rmax=3.0, dmax=5.0, affine=True,
+                 dtype=np.float32, device="cpu"):
+        super().__init__(num_features, eps, momentum, affine, True, dtype, device)
+        if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not rmax >= 1.0:
+            raise ValueError(f"rmax must be a number >= 1, got {rmax!r}")
+        if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not dmax >= 0.0:
+            raise ValueError(f"dmax must be a number >= 0, got {dmax!r}")
+        self.rmax, self.dmax = float(rmax), float(dmax)
+
+    def forward(self, x):
+        self._check_input(x)
+        momentum = self.momentum
+        if momentum is None:  # cumulative moving average, as BatchNorm
+            momentum = 1.0 / float(self.num_batches_tracked + 1) if self.training else 0.0
+        weight, bias = self._params()
+        y, saved = F.batch_renorm(x, weight, bias, self.running_mean, self.running_var,
+                                  self.training, momentum, self.eps, self.rmax, self.dmax)
+        if self.training and int(np.prod(x.shape)) > 0:
+            self.num_batches_tracked += 1
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        return self._backward(F.batch_renorm_backward, dy)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, rmax={self.rmax}, "
+                f"dmax={self.dmax}, affine={self.affine}")
+
+
+class BatchRenorm1d(_BatchRenorm):
+    """Batch Renormalization over (N, C) or (N, C, L)."""
+    _input_ndims = (2, 3)
+
+
+class BatchRenorm2d(_BatchRenorm):
+    """Batch Renormalization over (N, C, H, W)."""
+    _input_ndims = (4,)
+
+
+class BatchRenorm3d(_BatchRenorm):
+    """Batch Renormalization over (N, C, D, H, W)."""
+    _input_ndims = (5,)
+
+
+class FrozenBatchNorm2d(_Norm):
+    """BatchNorm2d with fixed statistics and affine parameters (torchvision's FrozenBatchNorm2d):
+    y = x * scale + shift, scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
+
+    weight, bias, running_mean, running_var are buffers (in state_dict, not trained); the same in
+    train and eval; backward returns dx only. Loads a torchvision or BatchNorm2d state_dict (a
+    num_batches_tracked entry is accepted and dropped).
+    """
+    _input_ndims = (4,)
+    _ignored_state_keys = ("num_batches_tracked",)
+
+    def __init__(self, num_features, eps=1e-5, dtype=np.float32, device="cpu"):
+        super().__init__(device)
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        self.num_features = C = int(num_features)
+        self.eps = check.eps(eps)
+        self.dtype = dtype = float_dtype(dtype)
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(name, self._array(value, (C,), dtype))
+
+    def forward(self, x):
+        self._check_input(x)
+        y, saved = F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                False, 0.0, self.eps)
+        object.__setattr__(self, "_saved", saved)
+        return y
+
+    def backward(self, dy):
+        """dx = dy * scale (no parameter gradients, no reduction over dy)."""
+        saved = self._saved
+        if saved is None:
+            raise ValueError("FrozenBatchNorm2d.backward called before forward (or twice for one forward)")
+        saved.has_weight = saved.has_bias = False  # buffers: no gradients, no reduction over dy
+        dx, _, _ = F.batch_norm_backward(dy, saved)
+        object.__setattr__(self, "_saved", None)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}"
 
 
 class _InstanceNorm(_NormBase):

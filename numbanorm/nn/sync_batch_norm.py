@@ -26,16 +26,18 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, device)
         object.__setattr__(self, "comm", comm)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        """mask: optional bool (N,) or (N, *spatial) selecting the positions the (global)
+        training statistics come from, as BatchNorm's."""
         if not self.training:  # running stats (or local batch stats without them): no sync
-            return super().forward(x)
+            return super().forward(x, mask)
         self._check_input(x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.momentum is None:  # cumulative moving average
             momentum = 1.0 / float(self.num_batches_tracked + 1)
         weight, bias = self._params()
         y, saved = D.sync_batch_norm(x, weight, bias, self.running_mean, self.running_var,
-                                     True, momentum, self.eps, self.comm)
+                                     True, momentum, self.eps, self.comm, mask=mask)
         if self.track_running_stats:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
         object.__setattr__(self, "_saved", saved)
