@@ -23,18 +23,16 @@ import timeit
 from collections import defaultdict
 
 import numba
-import numpy as np
 
 import numbanorm
 from numbanorm import _backend
 from numbanorm import _validate
-from numbanorm import functional as F
 from numbanorm import nn
 from numbanorm.cpu import channel_norm, row_norm
 from numbanorm.functional import norm
 
 from .cases import SMALL
-from .test_ops import EPS, Data, prepare_numbanorm, prepare_torch
+from .test_ops import Data, prepare_numbanorm, prepare_torch
 
 REPEAT = 7
 

@@ -46,7 +46,6 @@ to stderr and calls comm.Abort(1): every rank of the job ends with a non-zero ex
 Checkpoints: `save_on_root` writes on rank 0 only, atomically (temp file + os.replace).
 """
 import contextlib
-import math
 import os
 import pickle
 import sys
@@ -209,7 +208,7 @@ def _global_stats(be, x3, comm, mask_host=None, mask_kernel=None):
     count = N * S if mask_host is None else int(mask_host.sum())
     if count > 0 and mask_host is not None:
         first = int(np.argmax(mask_host.reshape(-1)))
-        mean, var = be.channel_norm.masked_stats(x3, mask_kernel, first // S, first % S, count)
+        mean, var = be.masked_channel_norm.stats(x3, mask_kernel, first // S, first % S, count)
     elif count > 0:
         mean, var = be.channel_norm.stats(x3)
     if count > 0:
@@ -320,7 +319,7 @@ def sync_batch_norm_backward(dy: Array, saved: Saved) -> tuple[Array, Array | No
         return dx, dw, db
     sums = _on_backend(be, total[0]), _on_backend(be, total[1])
     if saved.mask is not None:
-        dx, _, _ = be.channel_norm.masked_backward_from_sums(
+        dx, _, _ = be.masked_channel_norm.backward_from_sums(
             saved.x, dy3, saved.mean, saved.rstd, saved.weight, saved.mask, *sums, saved.count)
     else:
         dx, _, _ = be.channel_norm.backward_from_sums(

@@ -277,7 +277,6 @@ def test_saves_are_atomic_a_crash_mid_save_leaves_the_old_file(tmp_path, monkeyp
 # ---------------------------------------------------------------- type hints, backward docs
 
 def _public_api():
-    import inspect
 
     from numbanorm import datasets
     from numbanorm import distributed as D

@@ -6,10 +6,11 @@ plus the array helpers below.
 """
 import numpy as np
 
-from . import channel_norm, conv, elementwise, linear, loss, optim, pad, pool, row_norm
+from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_norm, optim, pad,
+               pool, row_norm)
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
-__all__ = ["name", "channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
+__all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
            "from_host", "to_host"]
 name = "cpu"

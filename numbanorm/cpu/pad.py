@@ -1,6 +1,5 @@
 """CPU kernels for index-map padding: rows of a (R, M) view gathered through a source map, and
 the matching backward sum (see numbanorm/functional/pad.py)."""
-import numpy as np
 from numba import njit, prange
 
 from . import _memory

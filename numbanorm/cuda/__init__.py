@@ -17,11 +17,12 @@ from numba import cuda
 from numba.cuda import devicearray
 
 from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests)
-from . import channel_norm, conv, elementwise, linear, loss, optim, pad, pool, row_norm
+from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_norm, optim, pad,
+               pool, row_norm)
 from ._common import add_ as _add_, copy_cast
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda (plus to_device)
-__all__ = ["name", "channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
+__all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
            "from_host", "to_host", "to_device"]
 name = "cuda"

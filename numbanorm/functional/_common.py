@@ -18,7 +18,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-import numpy as np
 
 from .. import _backend
 from .. import _validate as check

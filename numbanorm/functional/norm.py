@@ -73,7 +73,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     positions only (K of them per channel: mean and biased variance for normalizing, the
     unbiased variance var * K / (K - 1) for running_var) and every position is normalized
     with them; fewer than 2 selected values is a ValueError. In eval the mask changes nothing.
-    The backward is the exact gradient of that function (see channel_norm.masked_backward_from_sums).
+    The backward is the exact gradient of that function (see masked_channel_norm.backward_from_sums).
     """
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
@@ -144,7 +144,7 @@ def _masked_batch_norm(be, x, weight, bias, running_mean, running_var, dtype, N,
                          f"{tuple(x.shape)})")
     x3 = be.contiguous(x).reshape(N, C, S)
     first = int(np.argmax(mask_host.reshape(-1)))
-    mean, var = be.channel_norm.masked_stats(x3, mask_kernel, first // S, first % S, count)
+    mean, var = be.masked_channel_norm.stats(x3, mask_kernel, first // S, first % S, count)
     if running_mean is not None:
         update_running(be, running_mean, running_var, to_host(mean),
                        to_host(var) * (count / (count - 1)), momentum)
@@ -295,7 +295,7 @@ def _backward(dy, saved, family):
     dy_view = be.contiguous(dy).reshape(saved.x.shape)
     if family == "channel" and saved.mask is not None:
         sums = be.channel_norm.backward_sums(saved.x, dy_view, saved.mean)
-        dx, dweight, dbias = be.channel_norm.masked_backward_from_sums(
+        dx, dweight, dbias = be.masked_channel_norm.backward_from_sums(
             saved.x, dy_view, saved.mean, saved.rstd, saved.weight, saved.mask, *sums, saved.count)
     elif family == "channel" and not saved.training and not (saved.has_weight or saved.has_bias):
         # constant statistics and no parameter gradient wanted: dx = w * rstd * dy, no reduction
