@@ -265,4 +265,4 @@ class OpModule(Module):
 
 def wants_grad(param):
     """Whether a backward should compute the gradient of param (None: no parameter)."""
-    return param is not None and getattr(param, "requires_grad", True)
+    return param is not None and param.requires_grad

@@ -9,11 +9,11 @@ from .. import _backend
 from .. import _validate as check
 from .. import functional as F
 from ..functional._common import Array
-from .module import Module, Parameter, float_dtype
+from .module import OpModule, Parameter, float_dtype, wants_grad
 
 
-class _Norm(Module):
-    """Shared by every norm layer: keeps the forward's `saved` for one backward.
+class _Norm(OpModule):
+    """Shared by every norm layer (an OpModule: keeps the forward's `saved` for one backward).
 
     A rejected call changes nothing: forward checks x (`_check_input`) before any statistic
     moves, and `_backward` hands the saved state to the functional backward, which checks dy
@@ -22,34 +22,25 @@ class _Norm(Module):
     """
     _input_ndims = None  # allowed x.ndim values, None: any (the functional op checks)
 
-    def __init__(self, device):
-        super().__init__(device)
-        object.__setattr__(self, "_saved", None)
-
     def _array(self, value, shape, dtype):
         return _backend.transfer(np.full(shape, value, dtype), self.device)
 
     def _backward(self, functional_backward, dy):
         """dx of functional_backward(dy, saved) -> (dx, dweight, dbias); consumes the saved
         state and accumulates weight.grad / bias.grad only when it succeeds."""
-        saved = self._saved
-        if saved is None:
-            raise ValueError(f"{type(self).__name__}.backward called before forward (or twice for one forward)")
+        saved = self._pending()
         # a frozen parameter's gradient is neither returned nor, where avoidable, computed
-        saved.has_weight = saved.has_weight and self._wants_grad("weight")
-        saved.has_bias = saved.has_bias and self._wants_grad("bias")
+        saved.has_weight = saved.has_weight and wants_grad(self.weight)
+        saved.has_bias = saved.has_bias and wants_grad(self.bias)
         dx, dweight, dbias = functional_backward(dy, saved)
-        object.__setattr__(self, "_saved", None)
+        self._release()
         self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
         self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
         return dx
 
-    def _wants_grad(self, name):
-        p = self._parameters.get(name)
-        return p is not None and p.requires_grad
-
     def _check_input(self, x):
-        """x must be an array (the functional API's TypeError naming x) of an accepted ndim."""
+        """x must be an array (the functional API's TypeError naming x) of an accepted ndim
+        (the functional op checks the rest)."""
         _backend.select(x=x)
         ndims = self._input_ndims
         if ndims is not None and len(x.shape) not in ndims:
@@ -130,7 +121,7 @@ class _BatchNorm(_NormBase):
                                 use_batch_stats, momentum, self.eps, mask=mask)
         if counting:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -178,7 +169,7 @@ class _BatchRenorm(_NormBase):
                                   self.training, momentum, self.eps, self.rmax, self.dmax)
         if self.training and int(np.prod(x.shape)) > 0:
             self.num_batches_tracked += 1
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy):
@@ -229,17 +220,15 @@ class FrozenBatchNorm2d(_Norm):
         self._check_input(x)
         y, saved = F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                                 False, 0.0, self.eps)
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy):
         """dx = dy * scale (no parameter gradients, no reduction over dy)."""
-        saved = self._saved
-        if saved is None:
-            raise ValueError("FrozenBatchNorm2d.backward called before forward (or twice for one forward)")
+        saved = self._pending()
         saved.has_weight = saved.has_bias = False  # buffers: no gradients, no reduction over dy
         dx, _, _ = F.batch_norm_backward(dy, saved)
-        object.__setattr__(self, "_saved", None)
+        self._release()
         return dx
 
     def extra_repr(self):
@@ -261,7 +250,7 @@ class _InstanceNorm(_NormBase):
         momentum = 0.0 if self.momentum is None else self.momentum
         y, saved = F.instance_norm(x, weight, bias, self.running_mean, self.running_var,
                                    use_input_stats, momentum, self.eps)
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -306,7 +295,7 @@ class LayerNorm(_Norm):
         y, saved = F.layer_norm(x, self.normalized_shape,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -342,7 +331,7 @@ class GroupNorm(_Norm):
         y, saved = F.group_norm(x, self.num_groups,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy: Array) -> Array:

@@ -40,7 +40,7 @@ class SyncBatchNorm(_BatchNorm):
                                      True, momentum, self.eps, self.comm, mask=mask)
         if self.track_running_stats:  # an empty batch counts too, as in PyTorch
             self.num_batches_tracked += 1
-        object.__setattr__(self, "_saved", saved)
+        self._keep(saved)
         return y
 
     def backward(self, dy):
