@@ -7,7 +7,7 @@ P = OH * OW, K = C * KH * KW (Kg = K / G per group, Og = O / G).
       x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]   (0 in the padding)
   Rows of group g are [g*Kg, (g+1)*Kg). With G == 1 and a bias, row K is all ones, so one gemm
   y[n] = [weight | bias] @ cols[n] also adds the bias.
-Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in a fixed order);
+Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in ascending order);
   dcols = weight[g].T @ dy[n, g]; col2im adds dcols back into dx, one task per (n, c) plane.
 """
 import numpy as np
@@ -15,6 +15,9 @@ from numba import njit, prange
 
 from .._shapes import conv_dims
 from . import _blas, _memory
+from ._parallel import serial
+
+_SUM_CHUNK = 2048  # columns per task of _batch_sum (a 16 KiB float64 accumulator)
 
 
 @njit(cache=True)
@@ -26,6 +29,66 @@ def _valid_range(O, stride, pad, offset, size):
     top = size - 1 + pad - offset
     hi = 0 if top < 0 else min(O, top // stride + 1)
     return lo, max(lo, hi)
+
+
+@njit(cache=True)
+def _copy_row(src, lo, hi, sw, off, out):
+    """out[k] = src[(lo + k) * sw + off] for k < hi - lo (a contiguous copy when sw == 1)."""
+    if sw == 1:
+        s = src[lo + off:hi + off]
+        for k in range(out.size):
+            out[k] = s[k]
+    else:
+        for k in range(out.size):
+            out[k] = src[(lo + k) * sw + off]
+
+
+@njit(cache=True)
+def _add_row(src, lo, sw, off, dst):
+    """dst[(lo + k) * sw + off] += src[k] (contiguous when sw == 1): _copy_row's adjoint."""
+    if sw == 1:
+        d = dst[lo + off:lo + off + src.size]
+        for k in range(src.size):
+            d[k] += src[k]
+    else:
+        for k in range(src.size):
+            dst[(lo + k) * sw + off] += src[k]
+
+
+@njit(parallel=True, cache=True)
+def _batch_sum(parts, out, serial):
+    """out[j] = sum over n of parts[n, j], accumulated in float64 in ascending n (a fixed order
+    whatever the thread count); parts (N, M), out (M,). Tasks are fixed column chunks."""
+    N, M = parts.shape
+    T = (M + _SUM_CHUNK - 1) // _SUM_CHUNK
+    if serial:
+        for t in range(T):
+            _batch_sum_chunk(parts, out, t)
+    else:
+        for t in prange(T):
+            _batch_sum_chunk(parts, out, t)
+
+
+@njit(cache=True)
+def _batch_sum_chunk(parts, out, t):
+    j0 = t * _SUM_CHUNK
+    j1 = min(parts.shape[1], j0 + _SUM_CHUNK)
+    acc = np.zeros(j1 - j0, np.float64)
+    for n in range(parts.shape[0]):
+        p = parts[n, j0:j1]
+        for j in range(acc.size):
+            acc[j] += p[j]
+    o = out[j0:j1]
+    for j in range(acc.size):
+        o[j] = acc[j]
+
+
+def _sum_over_batch(parts):
+    """parts (N, ...) -> their float64 sum over N, rounded to parts' dtype, shape parts.shape[1:]."""
+    flat = parts.reshape(parts.shape[0], -1)
+    out = np.empty(flat.shape[1], parts.dtype)
+    _batch_sum(flat, out, serial(flat))
+    return out.reshape(parts.shape[1:])
 
 
 @njit(parallel=True, cache=True)
@@ -52,8 +115,7 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
                         continue
                     src = x[n, c, ih]
                     out[:lo] = 0.0
-                    for ow in range(lo, hi):
-                        out[ow] = src[ow * sw + off]
+                    _copy_row(src, lo, hi, sw, off, out[lo:hi])
                     out[hi:] = 0.0
 
 
@@ -75,10 +137,7 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
                         continue
-                    dst = plane[ih]
-                    src = row[oh * OW:(oh + 1) * OW]
-                    for ow in range(lo, hi):
-                        dst[ow * sw + off] += src[ow]
+                    _add_row(row[oh * OW + lo:oh * OW + hi], lo, sw, off, plane[ih])
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -117,7 +176,7 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
             # per sample cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS), then a
             # float64 sum over the batch (NumPy's fixed-order reduction)
             parts = _blas.matmul(cols, dy3.transpose(0, 2, 1), _memory.empty((N, cols.shape[1], O), dy.dtype))
-            dwT = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype)
+            dwT = _sum_over_batch(parts)
             dweight = np.ascontiguousarray(dwT[:K].T).reshape(weight.shape)
             if has_bias:
                 dbias = np.ascontiguousarray(dwT[K]) if cols.shape[1] > K else \
@@ -125,7 +184,7 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
         else:
             parts = _blas.matmul(dy3.reshape(N, G, Og, P), cols.reshape(N, G, Kg, P).transpose(0, 1, 3, 2),
                                  np.empty((N, G, Og, Kg), dy.dtype))
-            dweight = parts.sum(axis=0, dtype=np.float64).astype(dy.dtype).reshape(weight.shape)
+            dweight = _sum_over_batch(parts).reshape(weight.shape)
             if has_bias:
                 dbias = dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
     if need_dx:
