@@ -149,6 +149,47 @@ def test_avg_pool_forward_and_gradients(k, s):
     check_gradients(pool, x)
 
 
+def _max_pool_argmax_ref(x, k):
+    """Window argmax (flat offset in the plane) by PyTorch's rule: ties go to the first maximum,
+    a NaN wins and the last NaN of the window wins."""
+    N, C, H, W = x.shape
+    idx = np.zeros((N, C, H // k, W // k), np.int64)
+    for n, c, oh, ow in np.ndindex(idx.shape):
+        best, arg = None, None
+        for i in range(k):
+            for j in range(k):
+                v, off = x[n, c, oh * k + i, ow * k + j], (oh * k + i) * W + ow * k + j
+                if best is None or v > best or v != v:
+                    best, arg = v, off
+        idx[n, c, oh, ow] = arg
+    return idx
+
+
+@pytest.mark.parametrize("k,shape", [(2, (2, 3, 7, 9)), (3, (3, 2, 8, 7)), (2, (1, 1, 3, 2))])
+def test_max_pool_non_overlapping_fast_path_matches_generic(k, shape):
+    """stride == kernel, no padding takes the tiled kernel; ceil_mode on odd sizes takes the
+    generic one (its last window is partial): the full windows must agree bit for bit, NaN and
+    ties included, and the argmax must follow PyTorch's rule."""
+    from numbanorm.functional import max_pool2d, max_pool2d_backward
+
+    x = np.round(RNG.standard_normal(shape) * 2).astype(np.float32)  # many ties
+    x[RNG.random(shape) < 0.15] = np.nan
+    y, saved = max_pool2d(x, k)
+    OH, OW = y.shape[2:]
+    yg, saved_g = max_pool2d(x, k, ceil_mode=True)
+    assert yg.shape[2] * k > shape[2] or yg.shape[3] * k > shape[3]  # so the generic path ran
+    idx_g = saved_g.idx[:, :, :OH, :OW]
+    np.testing.assert_array_equal(y, yg[:, :, :OH, :OW])
+    np.testing.assert_array_equal(saved.idx, idx_g)
+    np.testing.assert_array_equal(saved.idx, _max_pool_argmax_ref(x, k))
+    dy = RNG.standard_normal(y.shape).astype(np.float32)
+    dx = max_pool2d_backward(dy, saved)
+    ref = np.zeros(x.shape, np.float32).reshape(shape[0], shape[1], -1)
+    for n, c, oh, ow in np.ndindex(y.shape):
+        ref[n, c, saved.idx[n, c, oh, ow]] += dy[n, c, oh, ow]
+    np.testing.assert_array_equal(dx, ref.reshape(shape))
+
+
 def test_max_pool_float32_keeps_dtype():
     x = RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)
     y = nn.MaxPool2d(2).forward(x)

@@ -5,6 +5,9 @@ Window (oh, ow) covers rows oh*sh - ph .. + kh and columns ow*sw - pw .. + kw, c
 input (max pooling never picks padding; average pooling divides by
 numbanorm._shapes.avg_pool_divisor). One task per (n, c) plane: each task owns its outputs, so
 results do not depend on the thread count.
+Max pooling with non-overlapping windows (stride == kernel, no padding, every window inside the
+input) has a forward fast path with the same results. (A backward writing each dx element once
+instead of zero-fill + scatter was measured slower here, 0.81 vs 0.52 ms on (128, 32, 28, 28).)
 """
 import numpy as np
 from numba import njit, prange
@@ -57,6 +60,40 @@ def _max_backward(dy, idx, dx):
 
 
 @njit(parallel=True, cache=True)
+def _max_forward_tiled(x, kh, kw, y, idx):
+    """_max_forward for stride == kernel and no padding, all windows inside x (same results)."""
+    N, C, H, W = x.shape
+    _, _, OH, OW = y.shape
+    for t in prange(N * C):
+        xp = x[t // C, t % C]
+        yp = y[t // C, t % C]
+        ip = idx[t // C, t % C]
+        for oh in range(OH):
+            yr = yp[oh]
+            ir = ip[oh]
+            h0 = oh * kh
+            for ow in range(OW):
+                w0 = ow * kw
+                best = xp[h0, w0]
+                arg = h0 * W + w0
+                for i in range(kh):
+                    xr = xp[h0 + i, w0:w0 + kw]
+                    for j in range(kw):
+                        v = xr[j]
+                        if v > best or v != v:
+                            best = v
+                            arg = (h0 + i) * W + w0 + j
+                yr[ow] = best
+                ir[ow] = arg
+
+
+def _tiled(kernel, stride, padding, hw, out_hw):
+    """Whether max-pool windows tile the input without overlap or padding."""
+    return (stride == kernel and padding == (0, 0) and out_hw[0] * kernel[0] <= hw[0]
+            and out_hw[1] * kernel[1] <= hw[1])
+
+
+@njit(parallel=True, cache=True)
 def _avg_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     N, C, H, W = x.shape
     _, _, OH, OW = y.shape
@@ -97,7 +134,10 @@ def max_forward(x, kernel, stride, padding, out_hw):
     N, C = x.shape[:2]
     y = _memory.empty((N, C) + out_hw, x.dtype)
     idx = _memory.empty((N, C) + out_hw, np.int32)
-    _max_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], y, idx)
+    if _tiled(tuple(kernel), tuple(stride), tuple(padding), x.shape[2:], out_hw):
+        _max_forward_tiled(x, kernel[0], kernel[1], y, idx)
+    else:
+        _max_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], y, idx)
     return y, idx
 
 
