@@ -5,8 +5,7 @@ from numba import njit, prange
 
 from .._pointwise import relu_at, relu_backward_at, dropout_at, dropout_backward_at
 from . import _memory
-from ._parallel import serial
-
+from ._parallel import STREAM_SERIAL_BELOW, serial
 
 
 @njit(parallel=True, cache=True)
@@ -32,27 +31,35 @@ def _relu_backward(dy, y, dx, serial):
 def relu_forward(x):
     """y = max(x, 0) (x C-contiguous, any shape)."""
     y = _memory.empty_like(x)
-    _relu(x.reshape(-1), y.reshape(-1), serial(x))
+    _relu(x.reshape(-1), y.reshape(-1), serial(x, STREAM_SERIAL_BELOW))
     return y
 
 
 def relu_backward(dy, y):
     """dx = dy where the forward output y > 0, else 0."""
     dx = _memory.empty_like(dy)
-    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), serial(dy))
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), serial(dy, STREAM_SERIAL_BELOW))
     return dx
 
 
 @njit(parallel=True, cache=True)
-def _dropout(x, p, scale, seed, y, mask):
-    for i in prange(x.size):
-        dropout_at(i, x, p, scale, seed, y, mask)
+def _dropout(x, p, scale, seed, y, mask, serial):
+    if serial:
+        for i in range(x.size):
+            dropout_at(i, x, p, scale, seed, y, mask)
+    else:
+        for i in prange(x.size):
+            dropout_at(i, x, p, scale, seed, y, mask)
 
 
 @njit(parallel=True, cache=True)
-def _dropout_backward(dy, mask, scale, dx):
-    for i in prange(dy.size):
-        dropout_backward_at(i, dy, mask, scale, dx)
+def _dropout_backward(dy, mask, scale, dx, serial):
+    if serial:
+        for i in range(dy.size):
+            dropout_backward_at(i, dy, mask, scale, dx)
+    else:
+        for i in prange(dy.size):
+            dropout_backward_at(i, dy, mask, scale, dx)
 
 
 def dropout_forward(x, p, seed):
@@ -60,11 +67,13 @@ def dropout_forward(x, p, seed):
     Returns (y, mask uint8 of x's shape); seed a uint64 (the same mask on CPU and GPU)."""
     y = _memory.empty_like(x)
     mask = _memory.empty(x.shape, np.uint8)
-    _dropout(x.reshape(-1), p, 1.0 / (1.0 - p), np.uint64(seed), y.reshape(-1), mask.reshape(-1))
+    _dropout(x.reshape(-1), p, 1.0 / (1.0 - p), np.uint64(seed), y.reshape(-1), mask.reshape(-1),
+             serial(x, STREAM_SERIAL_BELOW))
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
     dx = _memory.empty_like(dy)
-    _dropout_backward(dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p), dx.reshape(-1))
+    _dropout_backward(dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p), dx.reshape(-1),
+                      serial(dy, STREAM_SERIAL_BELOW))
     return dx
