@@ -15,9 +15,8 @@ from numba import njit, prange
 
 from .._shapes import conv_dims
 from . import _blas, _memory
-from ._parallel import serial
 
-_SUM_CHUNK = 2048  # columns per task of _batch_sum (a 16 KiB float64 accumulator)
+_SUM_CHUNK = 2048  # columns summed at a time by _batch_sum (a 16 KiB float64 accumulator)
 
 
 @njit(cache=True)
@@ -55,39 +54,29 @@ def _add_row(src, lo, sw, off, dst):
             dst[(lo + k) * sw + off] += src[k]
 
 
-@njit(parallel=True, cache=True)
-def _batch_sum(parts, out, serial):
-    """out[j] = sum over n of parts[n, j], accumulated in float64 in ascending n (a fixed order
-    whatever the thread count); parts (N, M), out (M,). Tasks are fixed column chunks."""
-    N, M = parts.shape
-    T = (M + _SUM_CHUNK - 1) // _SUM_CHUNK
-    if serial:
-        for t in range(T):
-            _batch_sum_chunk(parts, out, t)
-    else:
-        for t in prange(T):
-            _batch_sum_chunk(parts, out, t)
-
-
 @njit(cache=True)
-def _batch_sum_chunk(parts, out, t):
-    j0 = t * _SUM_CHUNK
-    j1 = min(parts.shape[1], j0 + _SUM_CHUNK)
-    acc = np.zeros(j1 - j0, np.float64)
-    for n in range(parts.shape[0]):
-        p = parts[n, j0:j1]
+def _batch_sum(parts, out):
+    """out[j] = sum over n of parts[n, j], accumulated in float64 in ascending n; parts (N, M),
+    out (M,). Serial on purpose: it sits between two gemms, and waking Numba's pool here leaves
+    its worker spinning on the core the next gemm's second thread needs (conv2 backward under
+    the bench lock, min of 40: 31.7 ms with a parallel sum, 28.7 ms serial)."""
+    for j0 in range(0, parts.shape[1], _SUM_CHUNK):
+        j1 = min(parts.shape[1], j0 + _SUM_CHUNK)
+        acc = np.zeros(j1 - j0, np.float64)
+        for n in range(parts.shape[0]):
+            p = parts[n, j0:j1]
+            for j in range(acc.size):
+                acc[j] += p[j]
+        o = out[j0:j1]
         for j in range(acc.size):
-            acc[j] += p[j]
-    o = out[j0:j1]
-    for j in range(acc.size):
-        o[j] = acc[j]
+            o[j] = acc[j]
 
 
 def _sum_over_batch(parts):
     """parts (N, ...) -> their float64 sum over N, rounded to parts' dtype, shape parts.shape[1:]."""
     flat = parts.reshape(parts.shape[0], -1)
     out = np.empty(flat.shape[1], parts.dtype)
-    _batch_sum(flat, out, serial(flat))
+    _batch_sum(flat, out)
     return out.reshape(parts.shape[1:])
 
 
