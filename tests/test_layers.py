@@ -478,3 +478,35 @@ def test_input_grad_false_skips_dx_but_keeps_param_grads():
     lin = nn.Linear(3, 2, dtype=np.float64, rng=0)
     lin.forward(np.ones((4, 3)))
     assert lin.backward(np.ones((4, 2)), input_grad=False) is None and lin.weight.grad is not None
+
+
+def test_cnn_kernels_bitwise_same_for_any_thread_count():
+    """conv2d (im2col, col2im, the dweight batch sum), max pooling, ReLU and the SGD update give
+    the same bits with 1 thread and with the default count (fixed tasks, fixed sum order)."""
+    import numba
+
+    from numbanorm import functional as F
+
+    x = RNG.standard_normal((9, 16, 31, 35)).astype(np.float32)  # y above the serial sizes
+    w = RNG.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(32).astype(np.float32)
+    big = RNG.standard_normal(300001).astype(np.float32)
+
+    def run():
+        y, sc = F.conv2d(x, w, b, padding=1)
+        r, sr = F.relu(y)
+        p, sp = F.max_pool2d(r, 2)
+        dp = np.cos(np.arange(p.size, dtype=np.float32)).reshape(p.shape)
+        dx, dw, db = F.conv2d_backward(F.relu_backward(F.max_pool2d_backward(dp, sp), sr), sc)
+        wp, buf = big.copy(), big[::-1].copy()
+        F.sgd_step(wp, big * 0.5, buf, 0.1, 0.9, 0.0, 0.0, False, False)
+        return [y, r, p, dx, dw, db, wp, buf]
+
+    original = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(one, run()):
+        assert np.array_equal(a, c)
