@@ -510,3 +510,32 @@ def test_cnn_kernels_bitwise_same_for_any_thread_count():
         numba.set_num_threads(original)
     for a, c in zip(one, run()):
         assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_gemm_on_numba_pool_matches_numpy(dtype):
+    """numbanorm/cpu/_cblas.py (BLAS called from Numba's pool): the same bits as NumPy's matmul
+    per sample at one BLAS thread, for the layouts the conv kernels pass (a shared 2-D a, a
+    transposed b view, a leading 1), and False (untouched) for a layout BLAS cannot read."""
+    from threadpoolctl import threadpool_limits
+
+    from numbanorm.cpu import _cblas
+
+    if not _cblas.batched(np.ones((2, 2, 2), dtype), np.ones((2, 2), dtype), np.empty((2, 2, 2), dtype)):
+        pytest.skip("NumPy's bundled OpenBLAS (numpy.libs) not found: the NumPy path is used")
+    r = np.random.default_rng(5)
+    n, m, k, p = 7, 13, 29, 11
+    cases = [(r.standard_normal((m, k)), r.standard_normal((n, k, p))),
+             (r.standard_normal((n, m, k)), r.standard_normal((n, p, k)).transpose(0, 2, 1)),
+             (r.standard_normal((1, k, m)).transpose(0, 2, 1), r.standard_normal((n, k, p)))]
+    for a, b in cases:
+        a, b = a.astype(dtype), b.astype(dtype)
+        out = np.full((n, m, p), np.nan, dtype)
+        assert _cblas.batched(a, b, out)
+        with threadpool_limits(1, "blas"):
+            ref = np.stack([np.matmul(a if a.ndim == 2 else a[min(i, a.shape[0] - 1)], b[i]) for i in range(n)])
+        np.testing.assert_array_equal(out, ref)
+    out = np.full((n, m, p), np.nan, dtype)
+    strided = r.standard_normal((n, m, 2 * k)).astype(dtype)[:, :, ::2]
+    assert not _cblas.batched(strided, cases[0][1].astype(dtype), out)
+    assert np.isnan(out).all()

@@ -5,14 +5,18 @@ own pool). Left at their defaults the two pools' idle threads spin on the same c
 each other: measured here, a training step took about twice as long as with one pool at a time.
 So every gemm of ours runs with BLAS limited to one thread (the previous limit is restored on
 return: the user's BLAS setting is never left changed), and a batched product is split into two
-halves over the batch, one on a worker thread and one on the calling thread (NumPy releases the
-GIL in matmul). Each output is computed by the same single-threaded gemm whatever the split, so
-results do not depend on threads.
+halves over the batch, on Numba's own pool (numbanorm/cpu/_cblas.py: BLAS called from a prange,
+so no third set of threads competes with Numba's spinning workers), or where that is not
+available, one half on a worker thread and one on the calling thread (NumPy releases the GIL in
+matmul). Each output is computed by the same single-threaded gemm whatever the split, so results
+do not depend on threads.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from . import _cblas
 
 _lock = threading.Lock()
 _state = {}
@@ -62,6 +66,8 @@ def matmul(a, b, out):
         if n < 2:
             np.matmul(a, b, out=out)
             return out
+        if _cblas.batched(*_squeeze_groups(a, b, out)):
+            return out
         h = n // 2
 
         def halves(m):  # an operand with fewer dims or a leading 1 broadcasts over the batch
@@ -72,6 +78,13 @@ def matmul(a, b, out):
         np.matmul(a0, b0, out=out[:h])
         other.result()
     return out
+
+
+def _squeeze_groups(a, b, out):
+    """(a, b, out) as 3-D batches when out is (N, 1, M, Ncols) (a grouped product with one group)."""
+    if out.ndim == 4 and out.shape[1] == 1 and all(m.ndim == 4 and m.shape[1] == 1 for m in (a, b)):
+        return a[:, 0], b[:, 0], out[:, 0]
+    return a, b, out
 
 
 def dot(a, b):
