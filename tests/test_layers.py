@@ -539,3 +539,21 @@ def test_batched_gemm_on_numba_pool_matches_numpy(dtype):
     strided = r.standard_normal((n, m, 2 * k)).astype(dtype)[:, :, ::2]
     assert not _cblas.batched(strided, cases[0][1].astype(dtype), out)
     assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_dx_per_sample_kernel_matches_generic(dtype):
+    """With a batch (G == 1, N >= 2) conv2d's dx runs gemm + col2im per sample on Numba's pool
+    (numbanorm/cpu/conv.py _dx_kernel); one sample at a time takes the generic batched gemm +
+    _col2im: the same bits, including stride 2, dilation and padding."""
+    from numbanorm import functional as F
+
+    x = RNG.standard_normal((5, 3, 11, 9)).astype(dtype)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(dtype)
+    for kw in (dict(padding=1), dict(stride=2, padding=2, dilation=2)):
+        y, saved = F.conv2d(x, w, **kw)
+        dy = RNG.standard_normal(y.shape).astype(dtype)
+        dx = F.conv2d_backward(dy, saved)[0]
+        for n in range(x.shape[0]):
+            _, s1 = F.conv2d(x[n:n + 1], w, **kw)
+            np.testing.assert_array_equal(dx[n:n + 1], F.conv2d_backward(dy[n:n + 1], s1)[0])

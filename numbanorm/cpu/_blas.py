@@ -80,6 +80,12 @@ def matmul(a, b, out):
     return out
 
 
+def one_blas_thread():
+    """Context for callers running BLAS themselves (e.g. from Numba, _cblas.gemm_function):
+    the loaded BLAS libraries on one thread inside, their own setting again after."""
+    return _OneBlasThread()
+
+
 def _squeeze_groups(a, b, out):
     """(a, b, out) as 3-D batches when out is (N, 1, M, Ncols) (a grouped product with one group)."""
     if out.ndim == 4 and out.shape[1] == 1 and all(m.ndim == 4 and m.shape[1] == 1 for m in (a, b)):

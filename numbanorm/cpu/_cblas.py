@@ -23,6 +23,16 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _kernels = {}
 
 
+def gemm_function(dtype):
+    """The ctypes cblas_?gemm for dtype (float32/float64) that `batched` uses, or None: for
+    Numba kernels that run a gemm per sample and consume its result while it is in cache.
+    Arguments: (101 row-major, transA, transB, M, N, K, alpha, A address, lda, B address, ldb,
+    beta, C address, ldc); 111 = no transpose, 112 = transpose."""
+    if "kernels" not in _kernels:
+        _kernels["kernels"] = _load()
+    return _kernels.get("gemm", {}).get(np.dtype(dtype))
+
+
 def _load():
     """{dtype: njit batched kernel} for NumPy's bundled OpenBLAS (64-bit ints), or {}."""
     libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
@@ -41,6 +51,7 @@ def _load():
         fn.argtypes = [I32, I32, I32, I64, I64, I64, scalar, P, I64, P, I64, scalar, P, I64]
         fn.restype = None
         kernels[dtype] = _make_kernel(fn, dtype.type)
+    _kernels["gemm"] = {dtype: fn for dtype, (fn, _) in fns.items()}
     return kernels
 
 

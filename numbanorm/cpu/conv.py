@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._shapes import conv_dims
-from . import _blas, _memory
+from . import _blas, _cblas, _memory
 
 _SUM_CHUNK = 2048  # columns summed at a time by _batch_sum (a 16 KiB float64 accumulator)
 
@@ -108,25 +108,59 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
                     out[hi:] = 0.0
 
 
+@njit(cache=True)
+def _col2im_plane(dcols, c, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, plane):
+    """plane (H, W) = the sum of the dcols (K, P) entries im2col read from channel c."""
+    H, W = plane.shape
+    plane[:, :] = 0.0
+    for i in range(KH):
+        for j in range(KW):
+            row = dcols[(c * KH + i) * KW + j]
+            lo, hi = _valid_range(OW, sw, pw, j * dw, W)
+            off = j * dw - pw
+            for oh in range(OH):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                _add_row(row[oh * OW + lo:oh * OW + hi], lo, sw, off, plane[ih])
+
+
 @njit(parallel=True, cache=True)
 def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
     """dx[n, c] = the sum of the dcols entries im2col read from it; one task per (n, c) plane."""
     N, C, H, W = dx.shape
     for t in prange(N * C):
-        n = t // C
-        c = t % C
-        plane = dx[n, c]
-        plane[:, :] = 0.0
-        for i in range(KH):
-            for j in range(KW):
-                row = dcols[n, (c * KH + i) * KW + j]
-                lo, hi = _valid_range(OW, sw, pw, j * dw, W)
-                off = j * dw - pw
-                for oh in range(OH):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    _add_row(row[oh * OW + lo:oh * OW + hi], lo, sw, off, plane[ih])
+        _col2im_plane(dcols[t // C], t % C, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx[t // C, t % C])
+
+
+_dx_kernels = {}
+
+
+def _dx_kernel(dtype):
+    """For G == 1: an njit kernel doing, per sample, dcols = weight.T @ dy[n] (one BLAS gemm into
+    a (K, P) buffer of the thread) then its col2im into dx[n], the batch in two fixed halves on
+    Numba's pool; or None without _cblas's BLAS. Same bits as the batched gemm + _col2im, without
+    writing and re-reading the (N, K, P) dcols."""
+    if dtype not in _dx_kernels:
+        gemm = _cblas.gemm_function(dtype)
+        _dx_kernels[dtype] = None if gemm is None else _make_dx_kernel(gemm, np.dtype(dtype).type)
+    return _dx_kernels[dtype]
+
+
+def _make_dx_kernel(gemm, scalar):
+    @njit(parallel=True)
+    def kernel(w2, dy3, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
+        O, K = w2.shape
+        N, _, P = dy3.shape
+        half = N // 2
+        for t in prange(2):
+            dcols = np.empty((K, P), w2.dtype)
+            for n in range(t * half, half if t == 0 else N):
+                gemm(101, 112, 111, K, P, O, scalar(1.0), w2.ctypes.data, K, dy3[n].ctypes.data, P,
+                     scalar(0.0), dcols.ctypes.data, P)
+                for c in range(dx.shape[1]):
+                    _col2im_plane(dcols, c, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx[n, c])
+    return kernel
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -163,7 +197,7 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
     if need_params:
         if G == 1:
             # per sample cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS), then a
-            # float64 sum over the batch (NumPy's fixed-order reduction)
+            # float64 sum over the batch in ascending n (_batch_sum)
             parts = _blas.matmul(cols, dy3.transpose(0, 2, 1), _memory.empty((N, cols.shape[1], O), dy.dtype))
             dwT = _sum_over_batch(parts)
             dweight = np.ascontiguousarray(dwT[:K].T).reshape(weight.shape)
@@ -176,11 +210,17 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
             dweight = _sum_over_batch(parts).reshape(weight.shape)
             if has_bias:
                 dbias = dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
-    if need_dx:
+    geometry = (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                OH, OW)
+    fused_dx = _dx_kernel(dy.dtype) if need_dx and G == 1 and N >= 2 else None
+    if fused_dx is not None:
+        dx = _memory.empty(x_shape, dy.dtype)
+        with _blas.one_blas_thread():
+            fused_dx(np.ascontiguousarray(weight.reshape(O, K)), dy3, *geometry, dx)
+    elif need_dx:
         dcols = _memory.empty((N, K, P), dy.dtype)
         _blas.matmul(weight.reshape(1, G, Og, Kg).transpose(0, 1, 3, 2), dy3.reshape(N, G, Og, P),
                      dcols.reshape(N, G, Kg, P))
         dx = _memory.empty(x_shape, dy.dtype)
-        _col2im(dcols, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                dilation[1], OH, OW, dx)
+        _col2im(dcols, *geometry, dx)
     return dx, dweight, dbias
