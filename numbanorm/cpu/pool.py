@@ -72,6 +72,9 @@ def _max_forward_tiled(x, kh, kw, y, idx):
             yr = yp[oh]
             ir = ip[oh]
             h0 = oh * kh
+            if kh == 2 and kw == 2:
+                _max_row_2x2(xp[h0], xp[h0 + 1], h0 * W, W, yr, ir)
+                continue
             for ow in range(OW):
                 w0 = ow * kw
                 best = xp[h0, w0]
@@ -85,6 +88,22 @@ def _max_forward_tiled(x, kh, kw, y, idx):
                             arg = (h0 + i) * W + w0 + j
                 yr[ow] = best
                 ir[ow] = arg
+
+
+@njit(cache=True)
+def _max_row_2x2(r0, r1, base, W, yr, ir):
+    """One output row of 2x2 windows from input rows r0, r1 (offsets base, base + W), with the
+    generic kernel's rule in branch-free form (selects, so LLVM can vectorise it): visit order
+    r0[2w], r0[2w+1], r1[2w], r1[2w+1]; a later value wins if it is greater or NaN."""
+    for ow in range(yr.size):
+        a = r0[2 * ow]
+        best, arg = a, 0
+        for k, v in ((1, r0[2 * ow + 1]), (W, r1[2 * ow]), (W + 1, r1[2 * ow + 1])):
+            take = v > best or v != v
+            best = v if take else best
+            arg = k if take else arg
+        yr[ow] = best
+        ir[ow] = base + 2 * ow + arg
 
 
 def _tiled(kernel, stride, padding, hw, out_hw):
