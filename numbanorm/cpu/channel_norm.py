@@ -295,7 +295,9 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     return affine(x, mean, scale, offset), mean, rstd
 
 
-@njit(cache=True)
+# parallel=True although it has no prange of its own: a cached non-parallel function calling
+# parallel ones segfaults when loaded from the cache (numba issue #8578)
+@njit(parallel=True, cache=True)
 def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, samples, spatial, y,
                    serial):
     """The training forward in one compiled call: sums, coefficients (running stats updated),
@@ -411,7 +413,7 @@ def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
     return dweight, dbias
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # parallel=True: see _train_forward
 def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, serial):
     """The training backward in one compiled call: dx into dx; returns (dweight, dbias)."""
     N, C, S = x.shape
