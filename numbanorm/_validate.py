@@ -5,14 +5,33 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF = np.dtype(np.float16)
+NORM_DTYPES = (HALF,) + FLOAT_DTYPES  # the norm ops also take float16
 
 
-def float_array(name, a):
-    """a must have dtype float32 or float64."""
+def float_array(name, a, dtypes=FLOAT_DTYPES):
+    """a must have one of dtypes (float32 or float64 unless told)."""
     dtype = np.dtype(a.dtype)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+    if dtype not in dtypes:
+        names = " or ".join(str(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype {names}, got {dtype}")
     return dtype
+
+
+def half_param_dtype(**params):
+    """The dtype of a float16 op's parameters and buffers (None values ignored): float32 (the
+    mixed-precision convention, also when none is given) or float16, the same for all."""
+    found = None
+    for name, a in params.items():
+        if a is None:
+            continue
+        dtype = np.dtype(a.dtype)
+        if dtype not in (HALF, FLOAT_DTYPES[0]):
+            raise TypeError(f"{name} must have dtype float16 or float32 (x is float16), got {dtype}")
+        if found is not None and dtype != found[1]:
+            raise TypeError(f"{name} must have dtype {found[1]} (the dtype of {found[0]}), got {dtype}")
+        found = found or (name, dtype)
+    return FLOAT_DTYPES[0] if found is None else found[1]
 
 
 def min_ndim(name, a, ndim, what):

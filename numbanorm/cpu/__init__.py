@@ -11,7 +11,7 @@ from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_nor
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
-           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
+           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
            "from_host", "to_host"]
 name = "cpu"
 
@@ -36,6 +36,12 @@ def is_contiguous(a):
 def cast(a, dtype):
     """a converted to dtype (no copy when it has it already)."""
     return a.astype(dtype, copy=False)
+
+
+def copy_(dst, src):
+    """dst[...] = src converted to dst's dtype, in place (a float32 running statistic written
+    back into a float16 buffer)."""
+    np.copyto(dst, src, casting="unsafe")
 
 
 def from_host(a):

@@ -23,7 +23,7 @@ from ._common import add_ as _add_, copy_cast
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda (plus to_device)
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
-           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "add_",
+           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
            "from_host", "to_host", "to_device"]
 name = "cuda"
 
@@ -84,6 +84,13 @@ def cast(a, dtype):
     if np.dtype(a.dtype) == dtype:
         return a
     return copy_cast(contiguous(a), cuda.device_array(tuple(a.shape), dtype))
+
+
+def copy_(dst, src):
+    """dst[...] = src converted to dst's dtype, in place on the device (dst C-contiguous)."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"copy_: shapes differ, {tuple(dst.shape)} and {tuple(src.shape)}")
+    copy_cast(contiguous(src), dst)
 
 
 def add_(dst, src):

@@ -129,7 +129,9 @@ def _copy_cast(src, out):
         out[i] = src[i]
 
 
-KERNEL_SIGNATURES["_copy_cast"] = float_signatures("float64[::1], {f}[::1]")
+KERNEL_SIGNATURES["_copy_cast"] = float_signatures("float64[::1], {f}[::1]") + [
+    "void(float16[::1], float32[::1])", "void(float32[::1], float16[::1])",  # float16 ops
+    "void(float64[::1], float16[::1])"]
 
 
 @cuda.jit

@@ -12,7 +12,12 @@ Formulas (biased variance for normalization, unbiased for running_var):
   y = (x - mean) / sqrt(var + eps) * weight + bias
   running = (1 - momentum) * running + momentum * batch_statistic
 
-`saved` keeps a reference to x and weight (no copy): do not modify them in place between a
+float16 x (and dy): computed in float32 with float32 or float16 parameters and running statistics
+(float32, PyTorch's mixed-precision convention, or float16, all of one dtype); x/dy are
+converted to float32 at the op's boundary and y/dx rounded back to float16, statistics and
+parameter gradients are float64 sums, dweight/dbias come back in the parameters' dtype.
+
+`saved` keeps a reference to x and weight (no copy; for float16 x, their float32 copies): do not modify them in place between a
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
 NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
 """
@@ -26,6 +31,27 @@ from ._common import (Array, Saved, check_saved, grad_output, on_backend, prod, 
                       update_running)
 
 Grads = tuple[Array, Array | None, Array | None]  # (dx, dweight, dbias)
+HALF = check.HALF
+FLOAT32 = np.dtype(np.float32)
+
+
+def _is_half(x):
+    return getattr(x, "dtype", None) == HALF
+
+
+def _half(op, x, params, running):
+    """A forward on float16 x: op(x, *params, *running) on float32 copies, y back in float16.
+    params / running: the parameter and running-statistic arrays by name, in op's order
+    (running statistics updated in place, converted back when float16)."""
+    be, a = _backend.select(x=x, **params, **running)
+    param_dtype = check.half_param_dtype(**params, **running)
+    as32 = {n: None if a[n] is None else be.cast(a[n], FLOAT32) for n in (*params, *running)}
+    y, saved = op(be.cast(a["x"], FLOAT32), *as32.values())
+    for n in running:
+        if a[n] is not None and as32[n] is not a[n]:
+            be.copy_(a[n], as32[n])
+    saved.dtype, saved.param_dtype = HALF, param_dtype
+    return be.cast(y, HALF), saved
 
 
 def _empty_result(be, x, family, dtype, weight, bias, param_shape):
@@ -39,16 +65,18 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 # ---------------------------------------------------------------- BatchNorm
 
 def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_mean: Array | None,
-                   running_var: Array | None, eps: float, momentum: float, min_ndim: int) -> tuple:
+                   running_var: Array | None, eps: float, momentum: float, min_ndim: int,
+                   dtypes: tuple = check.FLOAT_DTYPES) -> tuple:
     """Dispatch and check the arguments of a per-channel op (BatchNorm, InstanceNorm, SyncBN).
 
     Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
-    with the arrays as the backend computes on them and S = prod(spatial).
+    with the arrays as the backend computes on them and S = prod(spatial). dtypes: x's accepted
+    dtypes (the message's list; float16 x never gets here, see _half).
     """
     be, a = _backend.select(x=x, weight=weight, bias=bias,
                             running_mean=running_mean, running_var=running_var)
     x = a["x"]
-    dtype = check.float_array("x", x)
+    dtype = check.float_array("x", x, dtypes)
     check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     for name in ("weight", "bias", "running_mean", "running_var"):
@@ -64,7 +92,8 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                mask: Array | None = None) -> tuple[Array, Saved]:
     """BatchNorm over x of shape (N, C) or (N, C, *spatial); statistics per channel.
 
-    weight, bias, running_mean, running_var: (C,) arrays of x's dtype, or None.
+    weight, bias, running_mean, running_var: (C,) arrays of x's dtype, or None (float16 x: see
+    the module docstring).
     training=True normalizes with batch statistics (updating running stats in place when
     given); training=False normalizes with running_mean / running_var.
 
@@ -75,8 +104,13 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     with them; fewer than 2 selected values is a ValueError. In eval the mask changes nothing.
     The backward is the exact gradient of that function (see masked_channel_norm.backward_from_sums).
     """
+    if _is_half(x):
+        return _half(lambda *a: batch_norm(*a, training, momentum, eps), x,
+                     dict(weight=weight, bias=bias),
+                     dict(running_mean=running_mean, running_var=running_var))
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
-     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2)
+     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2,
+                                 check.NORM_DTYPES)
     if not training and running_mean is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
     if mask is not None:
@@ -182,9 +216,12 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
+    if _is_half(x):
+        return _half(lambda x, w, b: layer_norm(x, normalized_shape, w, b, eps), x,
+                     dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a["x"], a["weight"], a["bias"]
-    dtype = check.float_array("x", x)
+    dtype = check.float_array("x", x, check.NORM_DTYPES)
     shape = check.normalized_shape(normalized_shape)
     if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
         raise ValueError(
@@ -216,9 +253,12 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
                eps: float = 1e-5) -> tuple[Array, Saved]:
     """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
     channels); weight/bias are per channel, shape (C,)."""
+    if _is_half(x):
+        return _half(lambda x, w, b: group_norm(x, num_groups, w, b, eps), x,
+                     dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a["x"], a["weight"], a["bias"]
-    dtype = check.float_array("x", x)
+    dtype = check.float_array("x", x, check.NORM_DTYPES)
     check.min_ndim("x", x, 2, "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     G = check.num_groups(num_groups, C)
@@ -252,8 +292,13 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
     the per-instance statistics averaged over the batch; use_input_stats=False normalizes with
     running_mean / running_var instead.
     """
+    if _is_half(x):
+        return _half(lambda *a: instance_norm(*a, use_input_stats, momentum, eps), x,
+                     dict(weight=weight, bias=bias),
+                     dict(running_mean=running_mean, running_var=running_var))
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
-     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3)
+     momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3,
+                                 check.NORM_DTYPES)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
@@ -288,10 +333,13 @@ def _backward(dy, saved, family):
     check_saved(saved, family)
     be = saved.backend
     dy = grad_output(dy, saved)
+    param_dtype = saved.param_dtype or saved.dtype
     if saved.x is None:  # empty batch: zero parameter gradients
-        zeros = lambda: be.full(saved.param_shape, 0.0, saved.dtype)
+        zeros = lambda: be.full(saved.param_shape, 0.0, param_dtype)
         return (be.empty(saved.shape, saved.dtype),
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
+    if saved.dtype == HALF:
+        dy = be.cast(dy, FLOAT32)
     dy_view = be.contiguous(dy).reshape(saved.x.shape)
     if family == "channel" and saved.mask is not None:
         sums = be.channel_norm.backward_sums(saved.x, dy_view, saved.mean)
@@ -309,6 +357,6 @@ def _backward(dy, saved, family):
         dx, dweight, dbias = be.row_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                   saved.weight, saved.groups,
                                                   saved.channels_per_group, saved.spatial)
-    dw = be.cast(dweight, saved.dtype).reshape(saved.param_shape) if saved.has_weight else None
-    db = be.cast(dbias, saved.dtype).reshape(saved.param_shape) if saved.has_bias else None
-    return dx.reshape(saved.shape), dw, db
+    dw = be.cast(dweight, param_dtype).reshape(saved.param_shape) if saved.has_weight else None
+    db = be.cast(dbias, param_dtype).reshape(saved.param_shape) if saved.has_bias else None
+    return be.cast(dx, saved.dtype).reshape(saved.shape), dw, db

@@ -29,10 +29,11 @@ class Parameter:
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}{frozen})"
 
 
-def float_dtype(dtype):
+def float_dtype(dtype, half=False):
+    """dtype as a NumPy dtype: float32 or float64, or float16 too when half (the norm layers)."""
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if dtype not in ((np.float16,) if half else ()) + (np.float32, np.float64):
+        raise TypeError(f"dtype must be {'float16, ' if half else ''}float32 or float64, got {dtype}")
     return dtype
 
 

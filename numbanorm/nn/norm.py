@@ -62,7 +62,7 @@ class _NormBase(_Norm):
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        self.dtype = dtype = float_dtype(dtype)
+        self.dtype = dtype = float_dtype(dtype, half=True)
         C = self.num_features
         self.weight = Parameter(self._array(1.0, (C,), dtype)) if affine else None
         self.bias = Parameter(self._array(0.0, (C,), dtype)) if affine else None
@@ -285,7 +285,7 @@ class LayerNorm(_Norm):
         self.normalized_shape = check.normalized_shape(normalized_shape)
         self.eps = check.eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
-        self.dtype = dtype = float_dtype(dtype)
+        self.dtype = dtype = float_dtype(dtype, half=True)
         shape = self.normalized_shape
         self.weight = Parameter(self._array(1.0, shape, dtype)) if elementwise_affine else None
         self.bias = Parameter(self._array(0.0, shape, dtype)) if elementwise_affine and bias else None
@@ -320,7 +320,7 @@ class GroupNorm(_Norm):
         self.num_channels = int(num_channels)
         self.eps = check.eps(eps)
         self.affine = bool(affine)
-        self.dtype = dtype = float_dtype(dtype)
+        self.dtype = dtype = float_dtype(dtype, half=True)
         self.weight = Parameter(self._array(1.0, (num_channels,), dtype)) if affine else None
         self.bias = Parameter(self._array(0.0, (num_channels,), dtype)) if affine else None
 

@@ -1,0 +1,170 @@
+"""float16 inputs to every norm op and layer (CPU): x, dy, y, dx in float16, parameters and
+running statistics float32 (mixed precision) or float16, against the float64 reference
+evaluated on the same float16 values, and against PyTorch's CPU float16 norms where it runs.
+"""
+import numpy as np
+import pytest
+
+from numbanorm import functional as F
+from numbanorm import nn
+
+from . import reference as ref
+
+HALF = np.float16
+PARAM_DTYPES = [np.float32, np.float16]
+
+
+def f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def assert_half_close(got, want):
+    """got (float16) is the float16 rounding of the float64 want, up to one float16 ulp."""
+    assert got.dtype == HALF and got.shape == want.shape
+    ulp = np.spacing(np.abs(want).astype(HALF)).astype(np.float64)
+    assert np.all(np.abs(got.astype(np.float64) - want) <= ulp), np.max(np.abs(got - want) / ulp)
+
+
+def assert_grad_close(got, want, dtype):
+    assert got.dtype == dtype and got.shape == want.shape
+    scale = np.max(np.abs(want))
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3, atol=2e-3 * scale)
+
+
+def inputs(shape, pdtype, loc=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (loc + rng.standard_normal(shape)).astype(HALF)
+    dy = rng.standard_normal(shape).astype(HALF)
+    C = shape[1]
+    w = (1 + 0.5 * rng.standard_normal(C)).astype(pdtype)
+    b = rng.standard_normal(C).astype(pdtype)
+    return x, dy, w, b
+
+
+@pytest.mark.parametrize("pdtype", PARAM_DTYPES)
+@pytest.mark.parametrize("shape", [(8, 5), (4, 6, 7), (3, 4, 5, 6)])
+@pytest.mark.parametrize("loc", [0.0, 1e3])
+def test_batch_norm_half(pdtype, shape, loc):
+    x, dy, w, b = inputs(shape, pdtype, loc)
+    rm, rv = np.zeros(shape[1], pdtype), np.ones(shape[1], pdtype)
+    y, saved = F.batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(f64(x), f64(w), f64(b), np.zeros(shape[1]), np.ones(shape[1]))
+    assert_half_close(y, y_ref)
+    assert rm.dtype == pdtype and rv.dtype == pdtype
+    np.testing.assert_allclose(f64(rm), rm_ref, rtol=2e-3)
+    np.testing.assert_allclose(f64(rv), rv_ref, rtol=2e-3)
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    dx_ref, dw_ref, db_ref = ref.batch_norm_backward(f64(dy), f64(x), f64(w))
+    assert_grad_close(dx, dx_ref, HALF)
+    assert_grad_close(dw, dw_ref, pdtype)
+    assert_grad_close(db, db_ref, pdtype)
+    # eval mode with the (updated) running statistics
+    y, saved = F.batch_norm(x, w, b, rm, rv, False, 0.1, 1e-5)
+    y_ref = ref.batch_norm(f64(x), f64(w), f64(b), f64(rm), f64(rv), training=False)[0]
+    assert_half_close(y, y_ref)
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    dx_ref, dw_ref, db_ref = ref.batch_norm_eval_backward(f64(dy), f64(x), f64(w), f64(rm), f64(rv))
+    assert_grad_close(dx, dx_ref, HALF)
+    assert_grad_close(db, db_ref, pdtype)
+
+
+@pytest.mark.parametrize("pdtype", PARAM_DTYPES)
+@pytest.mark.parametrize("loc", [0.0, 1e3])
+def test_row_norms_half(pdtype, loc):
+    x, dy, w, b = inputs((3, 6, 4, 5), pdtype, loc)
+    y, saved = F.group_norm(x, 3, w, b)
+    assert_half_close(y, ref.group_norm(f64(x), 3, f64(w), f64(b)))
+    dx, dw, db = F.group_norm_backward(dy, saved)
+    for got, want, dt in zip((dx, dw, db), ref.group_norm_backward(f64(dy), f64(x), 3, f64(w)),
+                             (HALF, pdtype, pdtype)):
+        assert_grad_close(got, want, dt)
+
+    rm, rv = np.zeros(6, pdtype), np.ones(6, pdtype)
+    y, saved = F.instance_norm(x, w, b, rm, rv)
+    y_ref, rm_ref, rv_ref = ref.instance_norm(f64(x), f64(w), f64(b), np.zeros(6), np.ones(6))
+    assert_half_close(y, y_ref)
+    assert rm.dtype == pdtype
+    np.testing.assert_allclose(f64(rm), rm_ref, rtol=2e-3)
+    np.testing.assert_allclose(f64(rv), rv_ref, rtol=2e-3)
+    dx, dw, db = F.instance_norm_backward(dy, saved)
+    for got, want, dt in zip((dx, dw, db), ref.instance_norm_backward(f64(dy), f64(x), f64(w)),
+                             (HALF, pdtype, pdtype)):
+        assert_grad_close(got, want, dt)
+
+    x2, dy2 = x.reshape(18, 20), dy.reshape(18, 20)
+    w2, b2 = np.resize(w, 20), np.resize(b, 20)
+    y, saved = F.layer_norm(x2, (20,), w2, b2)
+    assert_half_close(y, ref.layer_norm(f64(x2), (20,), f64(w2), f64(b2)))
+    dx, dw, db = F.layer_norm_backward(dy2, saved)
+    for got, want, dt in zip((dx, dw, db), ref.layer_norm_backward(f64(dy2), f64(x2), (20,), f64(w2)),
+                             (HALF, pdtype, pdtype)):
+        assert_grad_close(got, want, dt)
+
+
+def test_half_without_params_and_empty_batch():
+    x, dy, _, _ = inputs((4, 3, 5), np.float32)
+    y, saved = F.batch_norm(x)
+    assert_half_close(y, ref.batch_norm(f64(x))[0])
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    assert dx.dtype == HALF and dw is None and db is None
+    w = np.ones(3, HALF)
+    y, saved = F.batch_norm(np.zeros((0, 3, 5), HALF), w, w, np.zeros(3, HALF), np.ones(3, HALF))
+    dx, dw, db = F.batch_norm_backward(np.zeros((0, 3, 5), HALF), saved)
+    assert y.dtype == dx.dtype == HALF and dw.dtype == db.dtype == HALF and not dw.any()
+
+
+def test_half_bad_params_refused_before_any_change():
+    x = np.ones((4, 3, 5), HALF)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="weight must have dtype float16 or float32"):
+        F.batch_norm(x, np.ones(3, np.float64), None, rm, rv)
+    with pytest.raises(TypeError, match="running_mean must have dtype float16"):
+        F.batch_norm(x, np.ones(3, np.float16), None, rm, rv)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        F.batch_norm(x, np.ones(4, np.float32), None, rm, rv)
+    assert not rm.any() and (rv == 1).all()
+    y, saved = F.batch_norm(x, None, None, rm, rv)
+    with pytest.raises(TypeError, match="dy must have dtype float16"):
+        F.batch_norm_backward(np.ones((4, 3, 5), np.float32), saved)
+
+
+@pytest.mark.parametrize("layer_dtype", [np.float32, np.float16])
+def test_half_layers(layer_dtype):
+    """A float32 layer fed float16 (mixed precision) and a dtype=float16 layer."""
+    x, dy, _, _ = inputs((4, 6, 3, 5), np.float32, loc=1e3)
+    for layer in (nn.BatchNorm2d(6, dtype=layer_dtype), nn.GroupNorm(2, 6, dtype=layer_dtype),
+                  nn.InstanceNorm2d(6, affine=True, track_running_stats=True, dtype=layer_dtype),
+                  nn.LayerNorm(5, dtype=layer_dtype)):
+        y = layer.forward(x)
+        dx = layer.backward(dy)
+        assert y.dtype == dx.dtype == HALF and y.shape == dx.shape == x.shape
+        assert layer.weight.grad.dtype == np.dtype(layer_dtype)
+        assert np.isfinite(y).all() and np.isfinite(dx).all()
+        for name, value in layer.state_dict().items():
+            if name != "num_batches_tracked":
+                assert value.dtype == np.dtype(layer_dtype), name
+
+
+def test_half_matches_torch():
+    torch = pytest.importorskip("torch")
+    x, dy, w, b = inputs((4, 6, 5, 7), np.float32, loc=3.0)
+    tx = torch.tensor(x, requires_grad=True)
+    tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    try:
+        ty = torch.nn.functional.batch_norm(tx, None, None, tw, tb, True)
+    except RuntimeError as e:  # an old torch without CPU half BatchNorm
+        pytest.skip(f"torch CPU float16 batch_norm not available: {e}")
+    ty.backward(torch.tensor(dy))
+    y, saved = F.batch_norm(x, w, b)
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    assert ty.dtype == torch.float16 and tw.grad.dtype == torch.float32
+    np.testing.assert_allclose(f64(y), f64(ty.detach().numpy()), atol=4e-3, rtol=2e-3)
+    np.testing.assert_allclose(f64(dx), f64(tx.grad.numpy()), atol=4e-3, rtol=4e-3)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-3, atol=1e-3)
+
+    tx16 = torch.tensor(x, requires_grad=True)
+    tw16, tb16 = torch.tensor(w.astype(HALF)), torch.tensor(b.astype(HALF))
+    ty = torch.nn.functional.group_norm(tx16, 3, tw16, tb16)
+    y, _ = F.group_norm(x, 3, w.astype(HALF), b.astype(HALF))
+    np.testing.assert_allclose(f64(y), f64(ty.detach().numpy()), atol=1e-2, rtol=4e-3)
