@@ -55,6 +55,7 @@ class Saved:
     op = backend = family = shape = dtype = x = mean = rstd = weight = None
     has_weight = has_bias = training = False
     param_shape = groups = channels_per_group = spatial = None
+    channels_last = False  # x was channels-last (saved.x its (N*S, C, 1) view; dx keeps the layout)
     param_dtype = None  # dweight/dbias dtype when it differs from dtype (float16 x, float32 params)
     fingerprints = None  # debug mode: {field name: fingerprint} of the arrays held
     mask = count = None

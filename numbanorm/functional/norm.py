@@ -17,6 +17,11 @@ float16 x (and dy): computed in float32 with float32 or float16 parameters and r
 converted to float32 at the op's boundary and y/dx rounded back to float16, statistics and
 parameter gradients are float64 sums, dweight/dbias come back in the parameters' dtype.
 
+Channels-last x (BatchNorm): an x whose memory is (N, *spatial, C) in C order (NHWC for 4-D,
+NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a C-contiguous NHWC array, as
+PyTorch's channels_last) is normalized without a layout copy as the per-column statistics of
+its (N*S, C) view; y and dx come back in the same memory order (CPU backend; the GPU copies).
+
 `saved` keeps a reference to x and weight (no copy; for float16 x, their float32 copies): do not modify them in place between a
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
 NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
@@ -63,6 +68,17 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 
 
 # ---------------------------------------------------------------- BatchNorm
+
+def _is_channels_last(be, x):
+    """x (N, C, *spatial) is a dense channels-last array, not also C-contiguous (CPU arrays)."""
+    return (be.name == "cpu" and x.ndim >= 3 and not x.flags.c_contiguous
+            and np.moveaxis(x, 1, -1).flags.c_contiguous)
+
+
+def _from_channels_last(a, shape):
+    """The (N*S, C, 1) rows of a channels-last result as an (N, C, *spatial) array of `shape`."""
+    return np.moveaxis(a.reshape((shape[0], *shape[2:], shape[1])), -1, 1)
+
 
 def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_mean: Array | None,
                    running_var: Array | None, eps: float, momentum: float, min_ndim: int,
@@ -126,12 +142,19 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     training = bool(training)
     if N * C * S == 0:
         return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
-    x3 = be.contiguous(x).reshape(N, C, S)
+    channels_last = _is_channels_last(be, x)
+    if channels_last:  # per-column statistics of the (N*S, C) view: the S == 1 kernels
+        x3 = np.moveaxis(x, 1, -1).reshape(N * S, C, 1)
+    else:
+        x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
                                              running_mean, running_var, momentum)
     saved = Saved(op="channel", backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
                   mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
-                  has_bias=bias is not None, param_shape=(C,), training=training)
+                  has_bias=bias is not None, param_shape=(C,), training=training,
+                  channels_last=channels_last)
+    if channels_last:
+        return _from_channels_last(y3, saved.shape), saved
     return y3.reshape(tuple(x.shape)), saved
 
 
@@ -340,6 +363,8 @@ def _backward(dy, saved, family):
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
     if saved.dtype == HALF:
         dy = be.cast(dy, FLOAT32)
+    if saved.channels_last:
+        dy = np.moveaxis(dy, 1, -1)  # a view of a channels-last dy, else copied below
     dy_view = be.contiguous(dy).reshape(saved.x.shape)
     if family == "channel" and saved.mask is not None:
         sums = be.channel_norm.backward_sums(saved.x, dy_view, saved.mean)
@@ -359,4 +384,5 @@ def _backward(dy, saved, family):
                                                   saved.channels_per_group, saved.spatial)
     dw = be.cast(dweight, param_dtype).reshape(saved.param_shape) if saved.has_weight else None
     db = be.cast(dbias, param_dtype).reshape(saved.param_shape) if saved.has_bias else None
-    return be.cast(dx, saved.dtype).reshape(saved.shape), dw, db
+    dx = _from_channels_last(dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
+    return be.cast(dx, saved.dtype), dw, db
