@@ -6,8 +6,8 @@ plus the array helpers below.
 """
 import numpy as np
 
-from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_norm, optim, pad,
-               pool, row_norm)
+from . import (channel_norm, conv, elementwise, half, linear, loss, masked_channel_norm, optim,
+               pad, pool, row_norm)
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
@@ -34,8 +34,16 @@ def is_contiguous(a):
 
 
 def cast(a, dtype):
-    """a converted to dtype (no copy when it has it already)."""
-    return a.astype(dtype, copy=False)
+    """a converted to dtype (no copy when it has it already; a new array keeps a's memory
+    order when that is C or channels-last)."""
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype or not half.converts(a.dtype, dtype):
+        return a.astype(dtype, copy=False)
+    if a.flags.c_contiguous:
+        return half.convert(a, dtype)
+    if a.ndim >= 3 and np.moveaxis(a, 1, -1).flags.c_contiguous:  # channels-last
+        return np.moveaxis(half.convert(np.moveaxis(a, 1, -1), dtype), -1, 1)
+    return a.astype(dtype)
 
 
 def copy_(dst, src):
