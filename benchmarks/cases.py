@@ -5,16 +5,20 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Case:
     """op: BatchNorm2d-train, BatchNorm2d-eval, BatchNorm1d-train, LayerNorm (over the last dim), GroupNorm
-    (`groups` groups) or InstanceNorm2d (affine=False, no running stats: the layer defaults)."""
+    (`groups` groups) or InstanceNorm2d (affine=False, no running stats: the layer defaults).
+    variant: "" (float32, C-contiguous), "float16" (x/dy float16, float32 parameters: mixed
+    precision) or "channels-last" (float32 x/dy with (N, *spatial, C) memory)."""
 
     op: str
     shape: tuple
     groups: int = 0
+    variant: str = ""
 
     @property
     def label(self):
         s = "x".join(str(d) for d in self.shape)
-        return f"{s} G={self.groups}" if self.groups else s
+        s = f"{s} G={self.groups}" if self.groups else s
+        return f"{s} {self.variant}" if self.variant else s
 
     @property
     def training(self):
@@ -51,10 +55,19 @@ FULL = [
     Case("LayerNorm", (2048, 4096)),
     Case("BatchNorm1d-train", (4096, 512)),
     Case("GroupNorm", (16, 512, 32, 32), 32),
+    # float16 (mixed precision) and channels-last inputs, beside their float32 NCHW rows
+    Case("BatchNorm2d-train", (64, 64, 56, 56), variant="float16"),
+    Case("BatchNorm2d-train", (64, 64, 56, 56), variant="channels-last"),
+    Case("BatchNorm2d-train", (32, 64, 28, 28)),
+    Case("BatchNorm2d-train", (32, 64, 28, 28), variant="float16"),
+    Case("BatchNorm2d-train", (32, 64, 28, 28), variant="channels-last"),
+    Case("GroupNorm", (32, 256, 28, 28), 32, variant="float16"),
 ] + SMALL
 
 # Quick mode: the small shapes plus one just large enough for the parallel floor kernels.
-QUICK = SMALL + [Case("BatchNorm2d-train", (4, 16, 32, 32))]
+QUICK = SMALL + [Case("BatchNorm2d-train", (4, 16, 32, 32)),
+                 Case("BatchNorm2d-train", (4, 16, 32, 32), variant="float16"),
+                 Case("BatchNorm2d-train", (4, 16, 32, 32), variant="channels-last")]
 
 
 def cases(quick):

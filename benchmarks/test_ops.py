@@ -1,4 +1,5 @@
-"""Every op, forward and backward, float32, against its contenders in one benchmark group.
+"""Every op, forward and backward, float32, against its contenders in one benchmark group;
+a few cases also with float16 or channels-last inputs (Case.variant, in the group's name).
 
 CPU contenders (group "<op> <direction> <shape>"):
   numbanorm  numbanorm.functional on NumPy arrays
@@ -43,6 +44,7 @@ CPU_CONTENDERS = ("numbanorm", "numpy", "torch", "floor")
 GPU_CONTENDERS = ("numbanorm-cuda", "torch-cuda", "copy-d2d")
 DIRECTIONS = ("forward", "backward")
 RTOL = 1e-3  # max |got - want| / max |want|, per output
+RTOL_HALF = 4e-3  # the same for float16 outputs
 
 
 def pytest_generate_tests(metafunc):
@@ -71,6 +73,11 @@ class Data:
         self.b = (0.1 * rng.standard_normal(pshape)).astype(np.float32)
         self.rm = (0.5 + 0.1 * rng.standard_normal(pshape)).astype(np.float32)
         self.rv = (4.0 + rng.random(pshape)).astype(np.float32)
+        if case.variant == "float16":
+            self.x, self.dy = self.x.astype(np.float16), self.dy.astype(np.float16)
+        elif case.variant == "channels-last":
+            cl = lambda a: np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1)
+            self.x, self.dy = cl(self.x), cl(self.dy)
         self._truth = None
 
     def truth(self):
@@ -109,7 +116,7 @@ def _to_host(a):
     return a if isinstance(a, np.ndarray) else a.copy_to_host()
 
 
-def check(name, got, want):
+def check(name, got, want, rtol=RTOL):
     """Compare outputs (a single array or a tuple of grads) with the float64 truth."""
     got = got if isinstance(got, tuple) else (got,)
     want = want if isinstance(want, tuple) else (want,)
@@ -118,7 +125,7 @@ def check(name, got, want):
             continue
         g = np.asarray(_to_host(g), np.float64).reshape(w.shape)
         err = np.max(np.abs(g - w)) / max(np.max(np.abs(w)), 1e-30)
-        assert err < RTOL, f"{name}: output {i} differs from the float64 reference by {err:.2e} (relative)"
+        assert err < rtol, f"{name}: output {i} differs from the float64 reference by {err:.2e} (relative)"
 
 
 # ---------------------------------------------------------------- contenders
@@ -148,6 +155,8 @@ def prepare_numbanorm(case, direction, x, dy, w, b, rm, rv):
 def prepare_numpy(case, direction, x, dy, w, b, rm, rv):
     if ref is None:
         pytest.skip("tests/reference.py not importable")
+    if case.variant:
+        pytest.skip("the NumPy reference contender runs the float32 NCHW cases only")
     if direction == "forward":
         return lambda: _reference_forward(case, x, w, b, rm, rv)
     return lambda: _reference_backward(case, x, dy, w, rm, rv)
@@ -224,6 +233,10 @@ def prepare_torch(case, direction, x, dy, w, b, rm, rv, device="cpu", sync=None)
 
 
 def prepare_floor(case, direction, x, dy, w, b, rm, rv):
+    # the same bytes as flat C arrays; float16 streamed as its uint16 bits
+    x, dy = (np.ascontiguousarray(a) for a in (x, dy))
+    if x.dtype == np.float16:
+        x, dy = x.view(np.uint16), dy.view(np.uint16)
     out = np.empty_like(x)
     if direction == "forward":
         return lambda: floor.forward(x, out, case.training)
@@ -255,10 +268,11 @@ def test_cpu(benchmark, cpu_item):
     fn = CPU_PREPARE[contender](case, direction, d.x, d.dy, d.w, d.b, d.rm.copy(), d.rv.copy())
     if contender != "floor":
         check(f"{contender} {case.group(direction)}", _result_of(direction, fn()),
-              _expected(d, direction))
+              _expected(d, direction), RTOL_HALF if d.x.dtype == np.float16 else RTOL)
     benchmark.group = case.group(direction)
     info(benchmark, op=case.op, direction=direction, shape=list(case.shape), contender=contender,
-         device="cpu", dtype="float32", bytes=floor.floor_bytes(d.nbytes, direction, case.training))
+         device="cpu", dtype=str(d.x.dtype), layout=case.variant or "C",
+         bytes=floor.floor_bytes(d.nbytes, direction, case.training))
     benchmark(fn)
 
 
@@ -295,6 +309,8 @@ def test_gpu(benchmark, gpu_item):
     reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
+    if case.variant:
+        pytest.skip("GPU benchmarks run the float32 NCHW cases only")
     from numba import cuda
 
     d = data_for(case)
