@@ -14,18 +14,25 @@ from ._parallel import TASK_SIZE, serial
 
 @njit(cache=True, inline="always")
 def _from_half_task(t, h, out_f, out_u):
-    for i in range(t * TASK_SIZE, min(h.size, (t + 1) * TASK_SIZE)):
-        b = np.uint32(h[i])
-        sign = (b & np.uint32(0x8000)) << np.uint32(16)
-        e = (b >> np.uint32(10)) & np.uint32(0x1F)
-        m = b & np.uint32(0x3FF)
-        if e == 0:  # zero or subnormal: m * 2**-24, exact in float32
-            v = np.float32(m) * np.float32(5.960464477539063e-08)
-            out_f[i] = -v if sign else v
-        elif e == 31:  # inf or NaN
-            out_u[i] = sign | np.uint32(0x7F800000) | (m << np.uint32(13))
-        else:
-            out_u[i] = sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))
+    """Branch-free (selects), so LLVM vectorises it: the bits of a normal half rebiased, then
+    subnormals fixed by a float subtraction (2**-14 * (1 + m/1024) - 2**-14 = m * 2**-24)."""
+    lo = t * TASK_SIZE
+    hv = h[lo:min(h.size, lo + TASK_SIZE)]
+    fv = out_f[lo:lo + hv.size]
+    uv = out_u[lo:lo + hv.size]
+    for i in range(hv.size):
+        b = np.uint32(hv[i])
+        o = (b & np.uint32(0x7FFF)) << np.uint32(13)
+        e = o & np.uint32(0x0F800000)
+        o += np.uint32(0x38000000)  # rebias the exponent: (127 - 15) << 23
+        o = o + np.uint32(0x38000000) if e == np.uint32(0x0F800000) else o  # inf / NaN
+        o = o + np.uint32(0x00800000) if e == 0 else o  # subnormal: 2**-14 * (1 + m/1024)
+        uv[i] = np.uint32(o)
+    for i in range(hv.size):
+        b = hv[i]
+        v = fv[i]
+        v = v - np.float32(6.103515625e-05) if (b & np.uint16(0x7C00)) == 0 else v
+        fv[i] = -v if (b & np.uint16(0x8000)) else v
 
 
 @njit(parallel=True, cache=True)
@@ -41,17 +48,23 @@ def _from_half(h, out_f, out_u, serial):
 
 @njit(cache=True, inline="always")
 def _to_half_task(t, f, u, out):
-    for i in range(t * TASK_SIZE, min(f.size, (t + 1) * TASK_SIZE)):
-        b = u[i]
-        sign = (b >> np.uint32(16)) & np.uint32(0x8000)
+    """Branch-free (every case computed, one selected), so LLVM vectorises it."""
+    lo = t * TASK_SIZE
+    fv = f[lo:min(f.size, lo + TASK_SIZE)]
+    uv = u[lo:lo + fv.size]
+    ov = out[lo:lo + fv.size]
+    for i in range(fv.size):
+        b = uv[i]
         a = b & np.uint32(0x7FFFFFFF)
-        if a >= np.uint32(0x47800000):  # >= 65536 (rounds to inf), inf or NaN
-            o = np.uint32(0x7E00) if a > np.uint32(0x7F800000) else np.uint32(0x7C00)
-        elif a < np.uint32(0x38800000):  # below 2**-14: a subnormal (or zero) half
-            o = np.uint32(np.rint(abs(f[i]) * np.float32(16777216.0)))  # exact, ties to even
-        else:  # rebias the exponent, round the 13 dropped bits to nearest even
-            o = (a - np.uint32(0x37FFF001) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
-        out[i] = np.uint16(o | sign)
+        # normal half: rebias the exponent, round the 13 dropped bits to nearest even
+        o = (a - np.uint32(0x37FFF001) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+        # below 2**-14: a subnormal (or zero) half, m = |f| * 2**24 rounded to even (exact)
+        sub = np.uint32(np.rint(min(abs(fv[i]), np.float32(1.0)) * np.float32(16777216.0)))
+        o = sub if a < np.uint32(0x38800000) else o
+        # >= 65520 rounds to inf; NaN stays a (quiet) NaN
+        big = np.uint32(0x7E00) if a > np.uint32(0x7F800000) else np.uint32(0x7C00)
+        o = big if a >= np.uint32(0x477FF000) else o
+        ov[i] = np.uint16(o | ((b >> np.uint32(16)) & np.uint32(0x8000)))
 
 
 @njit(parallel=True, cache=True)
