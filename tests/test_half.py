@@ -168,3 +168,17 @@ def test_half_matches_torch():
     ty = torch.nn.functional.group_norm(tx16, 3, tw16, tb16)
     y, _ = F.group_norm(x, 3, w.astype(HALF), b.astype(HALF))
     np.testing.assert_allclose(f64(y), f64(ty.detach().numpy()), atol=1e-2, rtol=4e-3)
+
+
+def test_half_masked_batch_norm_matches_float32():
+    """mask= reaches the float32 computation of a float16 call."""
+    x, dy, w, b = inputs((4, 3, 5), np.float32, loc=2.0)
+    mask = np.zeros((4, 5), bool)
+    mask[:, :3] = True
+    y, saved = F.batch_norm(x, w, b, mask=mask)
+    y32, saved32 = F.batch_norm(x.astype(np.float32), w, b, mask=mask)
+    np.testing.assert_array_equal(y, y32.astype(HALF))
+    dx, dw, db = F.batch_norm_backward(dy, saved)
+    dx32, dw32, db32 = F.batch_norm_backward(dy.astype(np.float32), saved32)
+    np.testing.assert_array_equal(dx, dx32.astype(HALF))
+    np.testing.assert_array_equal(dw, dw32)

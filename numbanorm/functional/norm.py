@@ -121,7 +121,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     The backward is the exact gradient of that function (see masked_channel_norm.backward_from_sums).
     """
     if _is_half(x):
-        return _half(lambda *a: batch_norm(*a, training, momentum, eps), x,
+        return _half(lambda *a: batch_norm(*a, training, momentum, eps, mask), x,
                      dict(weight=weight, bias=bias),
                      dict(running_mean=running_mean, running_var=running_var))
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
