@@ -1,5 +1,6 @@
 """MNIST: a reader for the standard IDX files, a downloader, and a small subset shipped inside
-the package (`load_digits`), so the demo runs with no download.
+the package (`load_digits`), so the demo runs with no download; CIFAR-10's binary version
+(`load_cifar10`, float32 (N, 3, 32, 32) standardized per channel; not downloaded).
 
 Both loaders return ``(train_x, train_y, test_x, test_y)``:
   train_x, test_x  float32 (N, 1, 28, 28): pixels scaled to [0, 1], then (normalize=True, the
@@ -248,5 +249,68 @@ def load_digits(normalize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndar
             _as_images(arrays["test_images"], normalize), arrays["test_labels"].astype(np.int64))
 
 
-__all__ = ["load_mnist", "download_mnist", "load_digits", "read_idx", "parse_idx",
+# ---------------------------------------------------------------- CIFAR-10
+
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch.bin"
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, 1024 green, 1024 blue bytes
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def read_cifar10_batch(path):
+    """One CIFAR-10 binary file: (uint8 images (N, 3, 32, 32), int64 labels (N,)).
+
+    The file is N records of CIFAR10_RECORD bytes; a size that is not a positive multiple of
+    it (a truncated or foreign file), or a label above 9, raises ValueError naming the file.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) == 0 or len(data) % CIFAR10_RECORD:
+        raise ValueError(
+            f"{path}: not a CIFAR-10 binary batch: {len(data)} bytes is not a positive multiple of "
+            f"the {CIFAR10_RECORD}-byte record (1 label byte + 3072 pixel bytes); the file is "
+            f"truncated or not from the binary version (cifar-10-binary.tar.gz)")
+    records = np.frombuffer(data, np.uint8).reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path}: label {int(labels.max())} out of range 0-9; not a CIFAR-10 batch")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(data_dir, normalize=True):
+    """Load the CIFAR-10 binary version from data_dir (data_batch_1.bin ... data_batch_5.bin,
+    test_batch.bin, as unpacked from cifar-10-binary.tar.gz, or its cifar-10-batches-bin folder).
+
+    Returns (train_x, train_y, test_x, test_y): float32 (N, 3, 32, 32) images and int64 labels
+    0-9 (CIFAR10_CLASSES). Pixels are scaled to [0, 1] and then (normalize=True) standardized
+    per channel with the training set's mean and std. A missing file raises
+    FileNotFoundError and a truncated or wrong-size one ValueError, each naming the file.
+    """
+    nested = os.path.join(data_dir, "cifar-10-batches-bin")
+    if not os.path.isfile(os.path.join(data_dir, CIFAR10_TEST_FILE)) and os.path.isdir(nested):
+        data_dir = nested
+    parts = []
+    for name in CIFAR10_TRAIN_FILES + (CIFAR10_TEST_FILE,):
+        path = os.path.join(data_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"CIFAR-10 file missing: {path} (the binary version: unpack cifar-10-binary.tar.gz "
+                f"from https://www.cs.toronto.edu/~kriz/cifar.html into {data_dir})")
+        parts.append(read_cifar10_batch(path))
+    train_x = np.concatenate([p[0] for p in parts[:-1]]).astype(np.float32)
+    train_y = np.concatenate([p[1] for p in parts[:-1]])
+    test_x, test_y = parts[-1][0].astype(np.float32), parts[-1][1]
+    train_x *= np.float32(1.0 / 255.0)
+    test_x *= np.float32(1.0 / 255.0)
+    if normalize:
+        mean = train_x.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)[None, :, None, None]
+        std = train_x.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)[None, :, None, None]
+        std = np.maximum(std, np.float32(1e-6))  # a constant channel (tiny test files) stays finite
+        for x in (train_x, test_x):
+            x -= mean
+            x /= std
+    return train_x, train_y, test_x, test_y
+
+
+__all__ = ["load_mnist", "load_cifar10", "read_cifar10_batch", "CIFAR10_CLASSES", "download_mnist", "load_digits", "read_idx", "parse_idx",
            "MNIST_SHA256", "MNIST_MIRRORS", "MNIST_MEAN", "MNIST_STD"]

@@ -12,6 +12,8 @@ The model (the same for every norm, same initial weights and batch order for a g
     Conv2d(32, 64, 3, padding=1) - norm(64) - ReLU - MaxPool2d(2)
     Flatten - Linear(3136, 128) - ReLU - Linear(128, 10)        + CrossEntropyLoss
 
+(on MNIST; with --dataset cifar10 the first conv takes 3 channels and the Linear 64*8*8 inputs.)
+
 norm(C) is BatchNorm2d(C) ('batch'), GroupNorm(1, C) ('layer': layer norm over (C, H, W) with a
 per-channel affine, the usual CNN form; it equals LayerNorm([C, H, W]) up to the affine's shape),
 GroupNorm(8, C) ('group'), InstanceNorm2d(C, affine=True) ('instance'), or nothing ('none'). The
@@ -19,146 +21,23 @@ convolutions have a bias only with 'none' (a norm's shift makes a conv bias redu
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
-NORMS = ("batch", "layer", "group", "instance", "none")
-GROUPS = 8  # GroupNorm groups for --norm group
+from .training import (GROUPS, NORM_HELP as _ALL_NORM_HELP, NORMS, Diverged, TrainConfig,  # noqa: F401
+                       build_model, default_data_dir, evaluate, fit, make_norm, resolve_device)
+
 DEFAULT_EPOCHS = 3
-
-NORM_HELP = {
-    "batch": "BatchNorm2d(C)",
-    "layer": "GroupNorm(1, C): layer norm over (C, H, W), per-channel affine",
-    "group": f"GroupNorm({GROUPS}, C)",
-    "instance": "InstanceNorm2d(C, affine=True)",
-    "none": "no normalization (convs get a bias)",
-}
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite; .run holds the record up to that point."""
-
-    def __init__(self, message, run):
-        super().__init__(message)
-        self.run = run
-
-
-# ---------------------------------------------------------------- model
-
-def make_norm(kind, channels):
-    from . import nn
-
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)
-    if kind == "group":
-        return nn.GroupNorm(GROUPS, channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    raise ValueError(f"unknown norm {kind!r}; choose from {', '.join(NORMS)}")
-
-
-def build_model(norm="batch", seed=0):
-    """The demo CNN (see the module docstring) on the CPU, float32.
-
-    Each weighted layer draws from its own generator spawned from `seed`, so the convolution
-    and linear weights are the same whichever norm is chosen.
-    """
-    from . import nn
-
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
-    bias = norm == "none"
-    layers = [nn.Conv2d(1, 32, 3, padding=1, bias=bias, rng=rngs[0])]
-    layers += [] if norm == "none" else [make_norm(norm, 32)]
-    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1, bias=bias, rng=rngs[1])]
-    layers += [] if norm == "none" else [make_norm(norm, 64)]
-    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-               nn.Linear(64 * 7 * 7, 128, rng=rngs[2]), nn.ReLU(), nn.Linear(128, 10, rng=rngs[3])]
-    return nn.Sequential(*layers)
-
-
-def make_optimizer(name, params, lr, momentum):
-    from . import optim
-
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=momentum)
-    if name == "adam":
-        return optim.Adam(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-# ---------------------------------------------------------------- helpers
-
-def resolve_device(device):
-    """'auto' -> 'cuda' when a real GPU is usable (never the simulator), else 'cpu'."""
-    from .cuda_support import cuda_available
-
-    if device == "auto":
-        simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-        return "cuda" if not simulator and cuda_available() else "cpu"
-    if device == "cuda" and not cuda_available():
-        raise SystemExit("numbanorm-demo: --device cuda, but numba.cuda finds no usable GPU "
-                         "(pip install 'numbanorm[cuda]' on a machine with an NVIDIA driver, "
-                         "or use --device cpu)")
-    return device
-
-
-def _to_device(a, device):
-    if device == "cpu":
-        return a
-    from numba import cuda
-
-    return cuda.to_device(a)
-
-
-def _host(a):
-    return a if isinstance(a, np.ndarray) else a.copy_to_host()
-
-
-def _progress(total, desc, enabled):
-    """A tqdm bar, or None without tqdm / when disabled."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def default_data_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "numbanorm", "mnist")
+NORM_HELP = {k: _ALL_NORM_HELP[k] for k in NORMS}
 
 
 def load_data(args):
-    from . import datasets
+    from . import training
 
-    if args.dataset == "digits":
-        return datasets.load_digits()
-    data_dir = args.data_dir or default_data_dir()
-    if args.download:
-        datasets.download_mnist(data_dir, progress=not args.no_progress)
-    return datasets.load_mnist(data_dir)
-
-
-def evaluate(model, x, y, device, batch_size=500):
-    """(accuracy, all logits finite) of model in eval mode on (x, y)."""
-    model.eval()
-    correct, finite = 0, True
-    try:
-        for start in range(0, len(x), batch_size):
-            logits = _host(model.forward(_to_device(np.ascontiguousarray(x[start:start + batch_size]), device)))
-            finite = finite and bool(np.isfinite(logits).all())
-            correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
-    finally:
-        model.train()
-    return correct / max(len(x), 1), finite
+    return training.load_data(args.dataset, args.data_dir, args.download, progress=not args.no_progress)
 
 
 # ---------------------------------------------------------------- compile time, environment
@@ -216,94 +95,27 @@ def environment(device):
 # ---------------------------------------------------------------- training
 
 def train_one(norm, data, args, device, log, comm=None, compiles=None):
-    """Train one model; returns (run record, model). A NaN/inf loss stops training at once and
-    raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it.
-
-    comm (--distributed): every rank draws the same batch and keeps its block of it, BatchNorm
-    is SyncBatchNorm, the loss gradient is weighted by the rank's share of the batch and the
-    gradients are summed across ranks -- the same steps as one process with the whole batch.
+    """Train one model with numbanorm.training.fit; returns (run record, model). A NaN/inf
+    loss raises Diverged, whose .run has a 'diverged' entry and the epochs completed before it.
+    comm (--distributed): BatchNorm becomes SyncBatchNorm and fit shards every batch.
     compiles: a compile_watch() installed by the caller, to report compile time per epoch."""
     from . import nn
 
-    train_x, train_y, test_x, test_y = data
-    model = build_model(norm, seed=args.seed)
+    train_x = data[0]
+    model = build_model(norm, seed=args.seed, in_channels=train_x.shape[1], image_size=train_x.shape[2])
     if comm is not None:
         from . import distributed as D
 
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model, comm)
         D.broadcast_parameters(model, comm)
     model = model.to(device)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                         lr=args.lr, momentum=args.momentum, seed=args.seed,
+                         progress=not args.no_progress and args.root)
     n_params = sum(int(np.prod(p.data.shape)) for p in model.parameters())
-    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
-    crit = nn.CrossEntropyLoss()
-    shuffle = np.random.default_rng(np.random.SeedSequence([args.seed, 1]))  # same order for every norm
-    N, bs = len(train_x), args.batch_size
-    steps = math.ceil(N / bs)
-    run = {"norm": norm, "description": NORM_HELP[norm], "parameters": n_params, "epochs": [],
-           "step_losses": [], "step_accs": [], "steps_per_epoch": steps, "diverged": None}
     log(f"[{norm}] {NORM_HELP[norm]}; {n_params:,} parameters")
-    for epoch in range(1, args.epochs + 1):
-        order = shuffle.permutation(N)
-        bar = _progress(steps, f"[{norm}] epoch {epoch}/{args.epochs}", not args.no_progress and args.root)
-        loss_sum, correct, seen = 0.0, 0, 0
-        compiled_before = compiles.seconds if compiles is not None else 0.0
-        t0 = time.perf_counter()
-        try:
-            for step in range(steps):
-                idx = order[step * bs:(step + 1) * bs]
-                n_batch = len(idx)
-                if comm is not None:
-                    if n_batch < comm.Get_size():  # a rank would get no image: skip (all ranks)
-                        continue
-                    idx = D.shard(idx, comm)
-                xb, yb = _to_device(np.ascontiguousarray(train_x[idx]), device), train_y[idx]
-                logits = model.forward(xb)
-                loss = crit.forward(logits, yb)
-                n_correct = int((_host(logits).argmax(axis=1) == yb).sum())
-                if comm is not None:  # the whole batch's mean loss and correct count
-                    total = D.allreduce_sum(np.array([loss * len(idx), n_correct]), comm, "loss and accuracy")
-                    loss, n_correct = float(total[0]) / n_batch, int(total[1])
-                if not math.isfinite(loss):
-                    run["diverged"] = {"epoch": epoch, "step": step + 1, "loss": str(loss)}
-                    raise Diverged(
-                        f"[{norm}] diverged: the training loss is {loss} at epoch {epoch}, step "
-                        f"{step + 1}/{steps} (--lr {args.lr}, --optimizer {args.optimizer}); this run "
-                        f"is stopped instead of training on garbage. Try a smaller --lr.", run)
-                model.zero_grad()
-                model.backward(crit.backward(len(idx) / n_batch))
-                if comm is not None:
-                    D.allreduce_gradients(model.parameters(), comm, average=False)
-                opt.step()
-                loss_sum += loss * n_batch
-                correct += n_correct
-                seen += n_batch
-                run["step_losses"].append(loss)
-                run["step_accs"].append(n_correct / n_batch)
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}")
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - t0
-        compile_seconds = (compiles.seconds if compiles is not None else 0.0) - compiled_before
-        t1 = time.perf_counter()
-        test_acc, finite = evaluate(model, test_x, test_y, device)
-        if not finite:
-            run["diverged"] = {"epoch": epoch, "step": steps, "loss": "non-finite test logits"}
-            raise Diverged(
-                f"[{norm}] diverged: the model gives NaN/inf outputs on the test set after epoch "
-                f"{epoch} (--lr {args.lr}, --optimizer {args.optimizer}); this run is stopped instead "
-                f"of training on garbage. Try a smaller --lr.", run)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                  "test_acc": test_acc, "seconds": seconds, "images_per_second": seen / seconds,
-                  "eval_seconds": time.perf_counter() - t1, "compile_seconds": compile_seconds}
-        run["epochs"].append(record)
-        log(f"[{norm}] epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
-            f"train_acc {100 * record['train_acc']:.2f}%  test_acc {100 * test_acc:.2f}%  "
-            f"{seconds:.1f} s  {record['images_per_second']:.0f} img/s"
-            + (f"  (includes {compile_seconds:.1f} s of Numba compile time)" if compile_seconds > 0 else ""))
+    run = fit(model, data, config, name=norm, device=device, log=log, comm=comm, compiles=compiles,
+              record={"norm": norm, "description": NORM_HELP[norm]})
     return run, model
 
 
@@ -436,11 +248,15 @@ def parse_args(argv=None):
         description="Train a small CNN on MNIST digits with numbanorm's layers and compare "
                     "normalizations.\n\n" + __doc__[__doc__.index("The model"):].strip(),
         epilog="Exit status: 0, 1 when a run diverged (NaN/inf loss), 2 for bad arguments.")
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+    p.add_argument("--dataset", choices=("digits", "mnist", "cifar10"), default="digits",
                    help="digits: the 10,000 + 2,000 image MNIST subset shipped in the package (no "
-                        "download); mnist: the full 60,000 + 10,000 from --data-dir (default: digits)")
+                        "download); mnist: the full 60,000 + 10,000 from --data-dir; cifar10: the "
+                        "CIFAR-10 binary version (data_batch_1.bin ... test_batch.bin) from --data-dir "
+                        "(default: digits)")
     p.add_argument("--data-dir", metavar="DIR",
-                   help=f"directory with the four MNIST IDX files, .gz or raw (default: {default_data_dir()})")
+                   help=f"directory with the four MNIST IDX files, .gz or raw (default: "
+                        f"{default_data_dir('mnist')}), or the CIFAR-10 .bin files (default: "
+                        f"{default_data_dir('cifar10')})")
     p.add_argument("--download", action="store_true",
                    help="with --dataset mnist: download the files into --data-dir if missing")
     p.add_argument("--norm", action="append", metavar="NORM",
