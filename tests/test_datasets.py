@@ -312,3 +312,70 @@ def test_make_digits_subset_is_balanced_and_deterministic(tmp_path):
         tool.make_subset(tmp_path / "src", tmp_path / "c.npz", train_per_class=7, test_per_class=4,
                          checksums=sums)
     assert not (tmp_path / "c.npz").exists()
+
+
+# ---------------------------------------------------------------- CIFAR-10 (binary version)
+
+def write_fake_cifar10(directory, per_file=6, seed=0):
+    """The six CIFAR-10 .bin files with per_file random records each; returns (images, labels)
+    of the training files and of the test file, as written."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    written = {}
+    for name in datasets.CIFAR10_TRAIN_FILES + (datasets.CIFAR10_TEST_FILE,):
+        labels = rng.integers(0, 10, per_file, dtype=np.uint8)
+        images = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
+        records = np.concatenate([labels[:, None], images.reshape(per_file, -1)], axis=1)
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(records.tobytes())
+        written[name] = (images, labels)
+    train = [written[n] for n in datasets.CIFAR10_TRAIN_FILES]
+    return ((np.concatenate([i for i, _ in train]), np.concatenate([l for _, l in train])),
+            written[datasets.CIFAR10_TEST_FILE])
+
+
+def test_load_cifar10_layout_and_per_channel_standardization(tmp_path):
+    (train_u8, train_l), (test_u8, test_l) = write_fake_cifar10(tmp_path)
+    train_x, train_y, test_x, test_y = datasets.load_cifar10(str(tmp_path))
+    assert train_x.shape == (30, 3, 32, 32) and test_x.shape == (6, 3, 32, 32)
+    assert train_x.dtype == test_x.dtype == np.float32
+    assert train_y.dtype == test_y.dtype == np.int64
+    np.testing.assert_array_equal(train_y, train_l)
+    np.testing.assert_array_equal(test_y, test_l)
+    # records are channel-major (1024 R, 1024 G, 1024 B bytes): pixel (c, h, w) is byte c*1024+h*32+w
+    raw = datasets.load_cifar10(str(tmp_path), normalize=False)
+    np.testing.assert_allclose(raw[0], train_u8 / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(raw[2], test_u8 / 255.0, rtol=1e-6)
+    # standardized per channel with the training set's statistics, the test set with the same
+    np.testing.assert_allclose(train_x.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train_x.std(axis=(0, 2, 3)), 1.0, atol=1e-5)
+    mean = raw[0].mean(axis=(0, 2, 3), dtype=np.float64)[None, :, None, None]
+    std = raw[0].std(axis=(0, 2, 3), dtype=np.float64)[None, :, None, None]
+    np.testing.assert_allclose(test_x, (raw[2] - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_load_cifar10_finds_the_unpacked_folder(tmp_path):
+    write_fake_cifar10(tmp_path / "cifar-10-batches-bin")
+    assert datasets.load_cifar10(str(tmp_path))[0].shape == (30, 3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [0, datasets.CIFAR10_RECORD - 1, 3 * datasets.CIFAR10_RECORD + 17])
+def test_cifar10_wrong_size_file_names_the_file(tmp_path, size):
+    write_fake_cifar10(tmp_path)
+    bad = tmp_path / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:size] if size <= bad.stat().st_size else bad.read_bytes() + b"\0" * 17)
+    with pytest.raises(ValueError, match=r"data_batch_3\.bin.*not a positive multiple of the 3073-byte record"):
+        datasets.load_cifar10(str(tmp_path))
+
+
+def test_cifar10_bad_label_and_missing_file_name_the_file(tmp_path):
+    write_fake_cifar10(tmp_path)
+    path = tmp_path / "test_batch.bin"
+    data = bytearray(path.read_bytes())
+    data[datasets.CIFAR10_RECORD] = 10  # the second record's label byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"test_batch\.bin: label 10 out of range"):
+        datasets.load_cifar10(str(tmp_path))
+    os.remove(tmp_path / "data_batch_5.bin")
+    with pytest.raises(FileNotFoundError, match=r"data_batch_5\.bin"):
+        datasets.load_cifar10(str(tmp_path))

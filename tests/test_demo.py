@@ -266,3 +266,17 @@ def test_plot_has_integer_ticks_and_readable_single_epoch(epochs):
     curves = [ln for ln in ax_acc.get_lines() if len(ln.get_xdata()) > 1]
     assert curves, "the accuracy panel needs a per-step curve"
     assert len(ax_loss.get_lines()[0].get_xdata()) > 1
+
+
+def test_cifar10_run_follows_the_data(tmp_path):
+    """--dataset cifar10: 3 input channels and a 64*8*8 Linear, from the data's shape."""
+    from tests.test_datasets import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path / "cifar", per_file=8)
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--epochs", "1",
+            "--batch-size", "8", "--no-progress", "--norm", "group", "--json", str(tmp_path / "r.json")]
+    assert demo.main(argv) == 0
+    run = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    n = sum(int(np.prod(p.data.shape)) for p in demo.build_model("group", in_channels=3, image_size=32).parameters())
+    assert run["parameters"] == n == 3 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64 + 64 * 8 * 8 * 128 + 128 + 128 * 10 + 10
+    assert 0.0 <= run["epochs"][0]["test_acc"] <= 1.0

@@ -40,13 +40,13 @@ PROFILES = {
         "weight-standardization": dict(train=2000, test=2000, epochs=2, batches=(4, 128), base_lr=0.1),
     },
     "quick": {
-        "convergence": dict(train=512, test=256, epochs=1, batch=64, lr=0.01, evals=4),
-        "learning-rate": dict(train=256, test=256, epochs=1, batch=64, lrs=(0.01, 0.03, 0.1, 0.3, 1.0)),
-        "batch-size": dict(train=96, test=256, epochs=1, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
-        "train-eval": dict(train=256, test=256, epochs=1, batch=32, lr=0.02, evals=3,
+        "convergence": dict(train=384, test=200, epochs=1, batch=64, lr=0.01, evals=3),
+        "learning-rate": dict(train=192, test=200, epochs=1, batch=64, lrs=(0.01, 0.03, 0.1, 0.3, 1.0)),
+        "batch-size": dict(train=64, test=200, epochs=1, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
+        "train-eval": dict(train=192, test=200, epochs=1, batch=32, lr=0.02, evals=2,
                            momenta=(0.01, 0.1, 0.5)),
-        "regularization": dict(train=128, test=256, epochs=2, batch=32, lr=0.02, dropout=0.5),
-        "weight-standardization": dict(train=96, test=256, epochs=1, batches=(4, 128), base_lr=0.1),
+        "regularization": dict(train=96, test=200, epochs=2, batch=32, lr=0.02, dropout=0.5),
+        "weight-standardization": dict(train=64, test=200, epochs=1, batches=(4, 128), base_lr=0.1),
     },
 }
 
