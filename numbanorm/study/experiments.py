@@ -31,13 +31,13 @@ LR_MOMENTUM = 0.9  # SGD momentum of every experiment except 'learning-rate' (pl
 #: Subset sizes and schedules: "full" (minutes on 2 cores) and "quick" (CI).
 PROFILES = {
     "full": {
-        "convergence": dict(train=10000, test=2000, epochs=2, batch=128, lr=0.01, evals=12),
-        "learning-rate": dict(train=5000, test=2000, epochs=1, batch=64, lrs=(0.01, 0.03, 0.1, 0.3, 1.0)),
-        "batch-size": dict(train=2000, test=2000, epochs=2, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
-        "train-eval": dict(train=4000, test=2000, epochs=1, batch=32, lr=0.02, evals=10,
+        "convergence": dict(train=6000, test=1000, epochs=2, batch=128, lr=0.01, evals=8),
+        "learning-rate": dict(train=3000, test=1000, epochs=1, batch=64, lrs=(0.01, 0.03, 0.1, 0.3, 1.0)),
+        "batch-size": dict(train=1000, test=1000, epochs=2, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
+        "train-eval": dict(train=2000, test=1000, epochs=1, batch=32, lr=0.02, evals=8,
                            momenta=(0.01, 0.1, 0.5)),
-        "regularization": dict(train=1000, test=2000, epochs=15, batch=50, lr=0.02, dropout=0.5),
-        "weight-standardization": dict(train=2000, test=2000, epochs=2, batches=(4, 128), base_lr=0.1),
+        "regularization": dict(train=500, test=1000, epochs=15, batch=50, lr=0.02, dropout=0.5),
+        "weight-standardization": dict(train=1000, test=1000, epochs=2, batches=(4, 128), base_lr=0.1),
     },
     "quick": {
         "convergence": dict(train=384, test=200, epochs=1, batch=64, lr=0.01, evals=3),
@@ -87,7 +87,7 @@ class Context:
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 return training.fit(model, data, config, name=name, device=self.device,
-                                    on_step=on_step)
+                                    log=self.log, on_step=on_step)
         except training.Diverged as e:
             self.log(f"  {e}")
             return e.run
