@@ -38,6 +38,18 @@ def test_idle_buffers_beyond_the_limit_are_released():
     assert len(_memory._pool) <= _memory.MAX_BUFFERS + 1
 
 
+def test_release_behind_a_buffer_in_use():
+    """Idle buffers after one still in use are released too (removal by identity: comparing
+    arrays of other sizes with == raised 'operands could not be broadcast' in a long training
+    run whose evaluation batches made many buffer sizes)."""
+    busy = _memory.empty((_memory.MIN_BYTES // 4 + 7,), np.float32)  # first in the pool, in use
+    held = [_memory.empty((_memory.MIN_BYTES // 8 + 3 * k + 1,), np.float64) for k in range(_memory.MAX_BUFFERS + 5)]
+    del held
+    _memory.empty((_memory.MIN_BYTES // 8 + 20_000,), np.float64)  # triggers the release
+    assert len(_memory._pool) <= _memory.MAX_BUFFERS + 2
+    assert busy.sum() is not None  # still valid
+
+
 def test_outputs_held_by_the_caller_are_never_overwritten():
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((16, 64, 32, 32)).astype(np.float32)  # 4 MiB: pooled

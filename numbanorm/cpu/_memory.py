@@ -50,5 +50,6 @@ def empty_like(a):
 
 def _release_idle():
     idle = [b for b in _pool if sys.getrefcount(b) == _IDLE_REFS]
-    for buf in idle[: max(0, len(idle) - MAX_BUFFERS)]:
-        _pool.remove(buf)
+    drop = {id(b) for b in idle[: max(0, len(idle) - MAX_BUFFERS)]}
+    if drop:  # by identity: list.remove would compare arrays with ==, element-wise
+        _pool[:] = [b for b in _pool if id(b) not in drop]
