@@ -56,7 +56,6 @@ def versions():
 
 
 def main(argv=None):
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the demo: see numbanorm/demo.py main()
     args = parse_args(argv)
     from .. import training
 
