@@ -222,7 +222,8 @@ def learning_rate(ctx):
         "claim": "BatchNorm allows much higher learning rates without divergence (Ioffe & Szegedy 2015).",
         "setup": f"{s['train']:,} training / {s['test']:,} test images, batch {s['batch']}, plain SGD "
                  f"(no momentum, so lr is the step size), {s['epochs']} epoch(s) at each lr; a NaN/inf "
-                 f"loss stops a run ('diverged').",
+                 f"loss stops a run ('diverged'). The norms follow the two convolutions only: the two "
+                 f"Linear layers are unnormalized in both models.",
         "columns": [["norm", "s"], ["lr", "g"], ["final test acc (%)", ".2f"]],
         "rows": rows, "curves": curves,
     }
