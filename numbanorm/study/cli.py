@@ -2,13 +2,11 @@
 REPORT.md, the PNGs and results.json into --out."""
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
 
-import numpy as np
-
+from ..demo import environment
 from . import experiments, report
 
 
@@ -49,10 +47,8 @@ def parse_args(argv=None):
     return args
 
 
-def versions():
-    import numba
-
-    return f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}"
+def versions(env):
+    return f"Python {env['python']}, NumPy {env['numpy']}, Numba {env['numba']}, BLAS {env['blas']}"
 
 
 def main(argv=None):
@@ -82,10 +78,12 @@ def main(argv=None):
         else:
             print(f"   {sec['reason']}", flush=True)
         sections[name] = sec
+    env = environment(device)
     meta = {"command": command, "dataset": args.dataset, "profile": profile, "seed": args.seed,
             "device": device, "train_images": len(data[0]), "test_images": len(data[2]),
-            "wall_seconds": time.perf_counter() - t_start, "versions": versions(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
+            "wall_seconds": time.perf_counter() - t_start, "versions": versions(env),
+            "machine": f"{env['machine']}, {env['cpu_count']} CPU(s), {env['numba_threads']} Numba thread(s)",
+            "environment": env,
             "margin_points": experiments.MARGIN, "usable_fraction": experiments.USABLE_FRACTION}
     report.write_json(os.path.join(args.out, "results.json"), {"meta": meta, "experiments": sections})
     report.write_text(os.path.join(args.out, "REPORT.md"), report.render(meta, sections))
