@@ -135,11 +135,11 @@ def _fmt_pts(x):
     return f"{x:+.1f} points"
 
 
-def _have(*names):
+def _missing_layers(*names):
+    """The names in `names` that numbanorm.nn does not have (yet)."""
     from .. import nn
 
-    missing = [n for n in names if not hasattr(nn, n)]
-    return missing
+    return [n for n in names if not hasattr(nn, n)]
 
 
 def _skipped(title, claim, missing):
@@ -256,7 +256,7 @@ def batch_size(ctx):
     title = "Batch size: is BatchNorm weak at small batches, where GroupNorm/LayerNorm/BatchRenorm do better?"
     claim = ("BatchNorm's error grows as the batch shrinks; GroupNorm (Wu & He 2018), LayerNorm and "
              "Batch Renormalization (Ioffe 2017) depend less or not at all on the batch.")
-    missing = _have("BatchRenorm2d")
+    missing = _missing_layers("BatchRenorm2d")
     if missing:
         return _skipped(title, claim, missing)
     s = ctx.settings("batch-size")
@@ -439,7 +439,7 @@ def weight_standardization(ctx):
     title = "Weight standardization: does StdConv2d + GroupNorm help, at small and large batches?"
     claim = ("Weight Standardization with GroupNorm matches or beats BatchNorm, also at micro-batches "
              "(Qiao et al. 2019).")
-    missing = _have("StdConv2d")
+    missing = _missing_layers("StdConv2d")
     if missing:
         return _skipped(title, claim, missing)
     from .. import nn
