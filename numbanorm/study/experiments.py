@@ -33,11 +33,11 @@ PROFILES = {
     "full": {
         "convergence": dict(train=6000, test=1000, epochs=2, batch=128, lr=0.01, evals=8),
         "learning-rate": dict(train=3000, test=1000, epochs=1, batch=64, lrs=(0.01, 0.03, 0.1, 0.3, 1.0)),
-        "batch-size": dict(train=1000, test=1000, epochs=2, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
+        "batch-size": dict(train=1000, test=1000, epochs=3, batches=(2, 4, 8, 16, 32, 128), base_lr=0.1),
         "train-eval": dict(train=2000, test=1000, epochs=1, batch=32, lr=0.02, evals=8,
                            momenta=(0.01, 0.1, 0.5)),
         "regularization": dict(train=500, test=1000, epochs=15, batch=50, lr=0.02, dropout=0.5),
-        "weight-standardization": dict(train=1000, test=1000, epochs=2, batches=(4, 128), base_lr=0.1),
+        "weight-standardization": dict(train=1000, test=1000, epochs=3, batches=(4, 128), base_lr=0.1),
     },
     "quick": {
         "convergence": dict(train=384, test=200, epochs=1, batch=64, lr=0.01, evals=3),
@@ -269,21 +269,23 @@ def batch_size(ctx):
             run = ctx.train(ctx.model(norm), data, f"{norm} batch {bs}", s["epochs"], bs, lr)
             fin = final_acc(run)
             accs.append(fin)
-            rows.append([norm, bs, lr, fin if fin is not None else "diverged"])
+            rows.append([norm, bs, lr, len(run["step_losses"]), fin if fin is not None else "diverged"])
         curves[norm] = accs
     return {
         "title": title, "claim": claim,
         "setup": f"{s['train']:,} training / {s['test']:,} test images, {s['epochs']} epoch(s) at every "
                  f"batch size, SGD momentum {LR_MOMENTUM}, lr = {s['base_lr']} x batch / 128 (linear "
-                 f"scaling); test accuracy in eval mode (running statistics for BatchNorm/BatchRenorm).",
-        "columns": [["norm", "s"], ["batch", "d"], ["lr", ".5g"], ["test acc, eval mode (%)", ".2f"]],
+                 f"scaling), so large batches take few steps; test accuracy in eval mode (running "
+                 f"statistics for BatchNorm/BatchRenorm).",
+        "columns": [["norm", "s"], ["batch", "d"], ["lr", ".5g"], ["steps", "d"],
+                    ["test acc, eval mode (%)", ".2f"]],
         "rows": rows, "curves": curves,
     }
 
 
 def batch_size_verdict(rows):
     smallest = min(r[1] for r in rows)
-    at = {r[0]: r[3] for r in rows if r[1] == smallest}
+    at = {r[0]: r[-1] for r in rows if r[1] == smallest}
     bn = at.get("batch")
     others = {k: v for k, v in at.items() if k != "batch" and isinstance(v, float)}
     if not others:
@@ -455,19 +457,19 @@ def weight_standardization(ctx):
                             s["epochs"], bs, lr)
             fin = final_acc(run)
             accs.append(fin)
-            rows.append([label, bs, lr, fin if fin is not None else "diverged"])
+            rows.append([label, bs, lr, len(run["step_losses"]), fin if fin is not None else "diverged"])
         curves[label] = accs
     return {
         "title": title, "claim": claim,
         "setup": f"{s['train']:,} training / {s['test']:,} test images, {s['epochs']} epoch(s), SGD momentum "
                  f"{LR_MOMENTUM}, lr = {s['base_lr']} x batch / 128; test accuracy in eval mode.",
-        "columns": [["model", "s"], ["batch", "d"], ["lr", ".5g"], ["test acc (%)", ".2f"]],
+        "columns": [["model", "s"], ["batch", "d"], ["lr", ".5g"], ["steps", "d"], ["test acc (%)", ".2f"]],
         "rows": rows, "curves": curves,
     }
 
 
 def weight_standardization_verdict(rows):
-    acc = {(r[0], r[1]): (r[3] if isinstance(r[3], float) else 0.0) for r in rows}
+    acc = {(r[0], r[1]): (r[-1] if isinstance(r[-1], float) else 0.0) for r in rows}
     batches = sorted({r[1] for r in rows})
     diffs = [acc[("StdConv2d + GroupNorm", b)] - acc[("Conv2d + GroupNorm", b)] for b in batches]
     vs_bn = [acc[("StdConv2d + GroupNorm", b)] - acc[("Conv2d + BatchNorm", b)] for b in batches]
