@@ -7,8 +7,11 @@ Determinism: the work is cut into tasks whose size depends only on the shape (ne
 thread count); each task writes its own float64 partial sums and the partials are merged in a
 fixed order, so results are bitwise identical on every run and for every thread count.
 """
+import warnings
+
 import numpy as np
 from numba import njit, prange
+from numba.core.errors import NumbaPerformanceWarning
 
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
@@ -296,7 +299,11 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
 
 
 # parallel=True although it has no prange of its own: a cached non-parallel function calling
-# parallel ones segfaults when loaded from the cache (numba issue #8578)
+# parallel ones segfaults when loaded from the cache (numba issue #8578). Numba then warns that
+# nothing was parallelised; that warning, for these two functions only, is expected.
+warnings.filterwarnings("ignore", r"(?s).*def _train_(forward|backward)\(", NumbaPerformanceWarning)
+
+
 @njit(parallel=True, cache=True)
 def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, samples, spatial, y,
                    serial):
