@@ -96,7 +96,9 @@ def analyse(groups):
         ours = by.get(OURS_OF[dev])
         if ours is None:
             continue
-        key = (dev, ours["op"], ours["direction"])
+        # float16 / channels-last cases (layout "float16", "channels-last") get their own rows
+        variant = ours.get("layout", "C")
+        key = (dev, ours["op"] + ("" if variant == "C" else f" {variant}"), ours["direction"])
         w = worst.setdefault(key, {"floor": None, "torch": None, "floor_large": None,
                                    "torch_large": None})
         shape = "x".join(map(str, ours["shape"]))
