@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import _backend
-from .functional._common import Array, Saved
+from .functional._common import Array, Saved, to_host
 
 Comm = Any  # an mpi4py intracommunicator (None in a signature: MPI.COMM_WORLD)
 
@@ -165,10 +165,7 @@ def allreduce_sum(values: np.ndarray, comm: Comm | None = None, what: str = "val
     return total
 
 
-def _host(a):
-    """A NumPy float64 copy/view of a (C,) statistic returned by a backend (device or host)."""
-    a = a if isinstance(a, np.ndarray) else a.copy_to_host()
-    return np.asarray(a, dtype=np.float64)
+_host = to_host  # a float64 NumPy copy of a (C,) statistic from either backend
 
 
 def _on_backend(be, a):
@@ -337,7 +334,7 @@ def _to(be, host):
 # ---------------------------------------------------------------- data parallel
 
 def _grad_to_host(g):
-    return g if isinstance(g, np.ndarray) else g.copy_to_host()
+    return _backend.transfer(g, "cpu")
 
 
 def allreduce_gradients(params: Iterable, comm: Comm | None = None, average: bool = True,
@@ -482,7 +479,7 @@ def save_on_root(path: str | os.PathLike, state: dict, comm: Comm | None = None,
     if comm.Get_rank() == root:
         with atomic_open(path, "wb") as f:
             # np.savez converts each value as it writes it (device arrays copy to the host)
-            np.savez(f, **{k: (v.copy_to_host() if hasattr(v, "copy_to_host") else v)
+            np.savez(f, **{k: _backend.transfer(v, "cpu") if hasattr(v, "copy_to_host") else v
                            for k, v in state.items()})
     _barrier(comm, "save_on_root")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _backend
 from . import functional as F
-from .nn.module import Parameter, _to_host
+from .nn.module import Parameter
 
 
 def _hyper(name, value, low=0.0, high=None, closed_high=False):
@@ -73,7 +73,7 @@ class Optimizer:
     def state_dict(self):
         """{"state": {index: {name: NumPy copy or number}}, "param_groups": [hyper-params + "params"]}
         (PyTorch's layout, one parameter group)."""
-        state = {i: {k: (np.array(_to_host(v), copy=True) if hasattr(v, "shape") and v.shape != () else v)
+        state = {i: {k: (np.array(_backend.transfer(v, "cpu"), copy=True) if hasattr(v, "shape") and v.shape != () else v)
                      for k, v in s.items()} for i, s in self.state.items()}
         group = dict(self.defaults, params=list(range(len(self.params))))
         return {"state": state, "param_groups": [group]}
@@ -90,7 +90,7 @@ class Optimizer:
             entry = {}
             for k, v in s.items():
                 if hasattr(v, "shape") and tuple(v.shape) == tuple(p.data.shape):
-                    v = _backend.transfer(np.ascontiguousarray(np.asarray(_to_host(v)), dtype=p.data.dtype), dev)
+                    v = _backend.transfer(np.ascontiguousarray(np.asarray(_backend.transfer(v, "cpu")), dtype=p.data.dtype), dev)
                 elif hasattr(v, "shape"):
                     v = float(np.asarray(v))  # e.g. a 0-d tensor 'step'
                 entry[k] = v

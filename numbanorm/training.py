@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from . import _backend
+
 NORMS = ("batch", "layer", "group", "instance", "none")  # the demo's choices
 GROUPS = 8  # GroupNorm groups for 'group'
 
@@ -138,15 +140,13 @@ def resolve_device(device, prog="numbanorm-demo"):
 
 
 def to_device(a, device):
-    if device == "cpu":
-        return a
-    from numba import cuda
-
-    return cuda.to_device(a)
+    """a (a host batch) on `device` (numbanorm._backend.transfer)."""
+    return _backend.transfer(a, device)
 
 
 def host(a):
-    return a if isinstance(a, np.ndarray) else a.copy_to_host()
+    """a (logits, statistics) as a NumPy array (numbanorm._backend.transfer)."""
+    return _backend.transfer(a, "cpu")
 
 
 def progress_bar(total, desc, enabled):

@@ -85,7 +85,6 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols):
     """Fill cols (see the module docstring); a row K, when cols has one, is all ones."""
     N, C, H, W = x.shape
     K = C * KH * KW
-    P = OH * OW
     for t in prange(N * C):
         n = t // C
         c = t % C

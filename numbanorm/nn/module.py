@@ -37,10 +37,6 @@ def float_dtype(dtype, half=False):
     return dtype
 
 
-def _to_host(a):
-    return a if isinstance(a, np.ndarray) else a.copy_to_host()
-
-
 # Buffers that stay NumPy on every device: a step counter read and incremented on the host.
 HOST_BUFFERS = ("num_batches_tracked",)
 
@@ -146,7 +142,7 @@ class Module:
         out = OrderedDict()
         for key, owner, name, is_param in self._state_items():
             value = owner._parameters[name].data if is_param else owner._buffers[name]
-            out[key] = np.array(_to_host(value), copy=True)
+            out[key] = np.array(_backend.transfer(value, "cpu"), copy=True)
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -171,8 +167,8 @@ class Module:
             if key not in state_dict:
                 continue
             current = owner._parameters[name].data if is_param else owner._buffers[name]
-            value = np.asarray(_to_host(state_dict[key]) if hasattr(state_dict[key], "copy_to_host")
-                               else state_dict[key])
+            value = np.asarray(_backend.transfer(state_dict[key], "cpu")
+                               if hasattr(state_dict[key], "copy_to_host") else state_dict[key])
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(
                     f"load_state_dict: {key} must have shape {tuple(current.shape)}, got {tuple(value.shape)}"

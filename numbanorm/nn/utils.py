@@ -12,6 +12,7 @@ import copy
 import numpy as np
 
 from .. import _backend
+from ..functional._common import to_host
 from .container import Sequential
 from .conv import Conv2d
 from .linear import Linear
@@ -21,8 +22,6 @@ from .norm import BatchNorm1d, BatchNorm2d
 __all__ = ["fuse_conv_bn_eval", "fuse_linear_bn_eval", "fuse_bn_eval"]
 
 
-def _host64(a):
-    return np.array(_backend.transfer(a, "cpu"), dtype=np.float64)
 
 
 def _folded(layer, bn):
@@ -33,17 +32,17 @@ def _folded(layer, bn):
     if bn.running_mean is None:
         raise ValueError(f"cannot fold {type(bn).__name__} without running statistics "
                          f"(track_running_stats=False)")
-    w = _host64(layer.weight.data)
+    w = to_host(layer.weight.data)
     out = w.shape[0]
     if bn.num_features != out:
         raise ValueError(f"{type(bn).__name__}({bn.num_features}) does not match the "
                          f"{out} outputs of the preceding {type(layer).__name__}")
-    b = _host64(layer.bias.data) if layer.bias is not None else np.zeros(out)
-    gamma = _host64(bn.weight.data) if bn.weight is not None else np.ones(out)
-    beta = _host64(bn.bias.data) if bn.bias is not None else np.zeros(out)
-    scale = gamma / np.sqrt(_host64(bn.running_var) + bn.eps)
+    b = to_host(layer.bias.data) if layer.bias is not None else np.zeros(out)
+    gamma = to_host(bn.weight.data) if bn.weight is not None else np.ones(out)
+    beta = to_host(bn.bias.data) if bn.bias is not None else np.zeros(out)
+    scale = gamma / np.sqrt(to_host(bn.running_var) + bn.eps)
     weight = w * scale.reshape((out,) + (1,) * (w.ndim - 1))
-    bias = (b - _host64(bn.running_mean)) * scale + beta
+    bias = (b - to_host(bn.running_mean)) * scale + beta
     return weight, bias
 
 

@@ -31,7 +31,7 @@ def markdown_table(columns, rows):
 
 def render(meta, sections):
     """REPORT.md's text from the run's metadata and its sections (name -> section dict)."""
-    out = [f"# numbanorm-study: normalization claims, reproduced and measured", "",
+    out = ["# numbanorm-study: normalization claims, reproduced and measured", "",
            f"Command: `{meta['command']}`  ",
            f"Dataset: {meta['dataset']} ({meta['train_images']:,} training / {meta['test_images']:,} test "
            f"images available; each experiment uses the subset its setup names), profile "
