@@ -327,7 +327,7 @@ def backward_sums(x, dy, mean):
 
 
 @njit(cache=True)
-def _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count):
+def backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count):
     """(a, b, d) of dx = a*dy + b*(x - mean) + d for a training-mode backward."""
     a = rstd.copy()
     if weight is not None:
@@ -343,7 +343,7 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
         dx = w*rstd * (dy - sum_dy/count - (x - mean)*rstd^2 * sum_dy_xmu/count);
     otherwise they were constants: dx = w*rstd*dy.
     """
-    a, b, d = _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count)
+    a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count)
     dweight = sum_dy_xmu * rstd
     if not training:
         zeros = np.zeros(x.shape[1])
@@ -425,6 +425,6 @@ def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, serial):
     """The training backward in one compiled call: dx into dx; returns (dweight, dbias)."""
     N, C, S = x.shape
     sum_dy, sum_dy_xmu = _channel_sums(x, mean, dy, True, samples, spatial, serial)
-    a, b, d = _backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
+    a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
     _backward_dx(x, dy, mean, a, b, d, dx, serial)
     return sum_dy_xmu * rstd, sum_dy

@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
+from .channel_norm import backward_coefficients
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _masked_plane_task(t, x, mask, center, samples, spatial, p1, p2):
@@ -106,9 +107,7 @@ def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, coun
         dx = k*dy + [selected] * (-k*rstd^2*sum_dy_xmu/count * (x - mean) - k*sum_dy/count)
     Returns (dx, dweight, dbias), grads float64 (C,): dweight = sum_dy_xmu * rstd, dbias = sum_dy.
     """
-    a = rstd.copy() if weight is None else rstd * weight
-    b = -a * rstd * rstd * sum_dy_xmu / count
-    d = -a * sum_dy / count
+    a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count)
     dx = _memory.empty_like(x)
     _masked_backward_dx(x, dy, mask, mean, a, b, d, dx, serial(x))
     return dx, sum_dy_xmu * rstd, sum_dy

@@ -355,13 +355,24 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
     """
     N, C, S = x.shape
     t = threads()
-    dweight, dbias, a, b, d = (cuda.device_array(C, np.float64) for _ in range(5))
     dx = cuda.device_array(x.shape, x.dtype)
-    _backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
-                                    weight if weight is not None else flat(dx)[:C], weight is not None,
-                                    bool(training), float(count), dweight, dbias, a, b, d)
+    dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training,
+                                                    count, flat(dx)[:C])
     _backward_dx[grid_1d(N * C * S, t), t](x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
+
+
+def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, placeholder):
+    """-> (dweight, dbias, a, b, d), float64 (C,) device arrays, of dx = a*dy + b*(x - mean) + d
+    (see _backward_coeffs). placeholder: a (C,) array of the data dtype standing in for an
+    absent weight (one kernel signature per dtype)."""
+    C = rstd.shape[0]
+    t = threads()
+    dweight, dbias, a, b, d = (cuda.device_array(C, np.float64) for _ in range(5))
+    _backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
+                                    weight if weight is not None else placeholder, weight is not None,
+                                    bool(training), float(count), dweight, dbias, a, b, d)
+    return dweight, dbias, a, b, d
 
 
 def backward(x, dy, mean, rstd, weight, training):

@@ -9,6 +9,7 @@ import numpy as np
 from numba import cuda, float64
 
 from . import config
+from .channel_norm import backward_coefficients
 from ._common import block_sum2, cdiv, float_signatures, grid_1d, shared_bytes, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -85,26 +86,6 @@ def stats(x, mask, n0, s0, count):
 
 
 @cuda.jit
-def _masked_backward_coeffs(sum_dy, sum_dy_xmu, rstd, weight, has_weight, count,
-                            dweight, dbias, a, b, d):
-    c = cuda.grid(1)
-    if c >= rstd.shape[0]:
-        return
-    rs = rstd[c]
-    dweight[c] = sum_dy_xmu[c] * rs
-    dbias[c] = sum_dy[c]
-    k = rs * weight[c] if has_weight else rs
-    a[c] = k
-    b[c] = -k * rs * rs * sum_dy_xmu[c] / count
-    d[c] = -k * sum_dy[c] / count
-
-
-KERNEL_SIGNATURES["_masked_backward_coeffs"] = float_signatures(
-    "float64[::1], float64[::1], float64[::1], {f}[::1], boolean, float64, "
-    "float64[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
-
-
-@cuda.jit
 def _masked_backward_dx(x, dy, mask, mean, a, b, d, dx):
     N, C, S = x.shape
     CS = C * S
@@ -131,10 +112,8 @@ def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, coun
     Returns (dx, dweight, dbias), grads float64 (C,) device arrays."""
     N, C, S = x.shape
     t = threads()
-    dweight, dbias, a, b, d = (cuda.device_array(C, np.float64) for _ in range(5))
-    _masked_backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
-                                           weight if weight is not None else rstd,
-                                           weight is not None, float(count), dweight, dbias, a, b, d)
     dx = cuda.device_array(x.shape, x.dtype)
+    dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, True, count,
+                                                    dx.reshape(N * C * S)[:C])
     _masked_backward_dx[grid_1d(N * C * S, t), t](x, dy, mask, mean, a, b, d, dx)
     return dx, dweight, dbias
