@@ -21,7 +21,7 @@ def trained_model():
         opt.step()
     y = model(x)  # gradients present at conversion time
     model.zero_grad()
-    model.backward(np.ones_like(y))
+    model.backward(rng.standard_normal(y.shape).astype(np.float32))  # not ones: BN's grads would be ~0
     model[1].weight.data[0] = 5.0  # modified by hand
     model[1].running_var[2] = 7.0
     model[5].eval()  # one layer in eval mode, the others training
