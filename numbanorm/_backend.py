@@ -58,7 +58,8 @@ def select(**arrays):
     """Pick the backend from the arrays given by keyword (None values are ignored).
 
     Returns (backend, converted) where converted maps each name to the array the backend
-    works on (foreign GPU arrays wrapped as Numba device arrays, zero-copy).
+    works on (foreign GPU arrays wrapped as Numba device arrays, zero-copy). On the GPU this
+    also picks the stream the op runs on from the arrays (see numbanorm.cuda).
     """
     if all(a is None or type(a) is np.ndarray for a in arrays.values()):  # the common case
         return _cpu(), arrays
@@ -78,6 +79,8 @@ def select(**arrays):
         where = ", ".join(f"{n} on {d}" for n, d in placement.items())
         raise ValueError(f"arrays are on different devices ({where}); put them all on one device")
     backend = get(devices.pop() if devices else "cpu")
+    if backend.name == "cuda":  # also makes the op's stream current (numbanorm.cuda._common)
+        return backend, backend.begin(arrays)
     return backend, {n: (None if a is None else backend.wrap(a)) for n, a in arrays.items()}
 
 

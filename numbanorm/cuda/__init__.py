@@ -8,7 +8,14 @@ Arrays: Numba device arrays are used as they are; any other object exposing
 `__cuda_array_interface__` (CuPy arrays, PyTorch CUDA tensors) is wrapped zero-copy with
 `cuda.as_cuda_array`. Outputs and gradients are always **Numba device arrays**, on the device
 of the input (use `cupy.asarray(y)` / `torch.as_tensor(y, device="cuda")` to get a foreign
-array back, zero-copy). Everything is launched on the default stream; no op copies to the host.
+array back, zero-copy).
+
+Streams: an op launches its kernels, allocates and copies on one stream, the caller's:
+`with numbanorm.cuda.stream(s):` (s a Numba, PyTorch or CuPy stream, or a handle) for every op
+in the block, else the current PyTorch/CuPy stream when the input is a PyTorch/CuPy array, else
+the stream a Numba input array is bound to, else Numba's default stream (details in
+_common.py). Nothing is synchronised behind the caller's back: no op copies to the host,
+except where its docstring says so (cross_entropy's loss value, a BatchNorm mask's count).
 
 Only this package imports numba.cuda, so the CPU path works without numba-cuda.
 """
@@ -19,30 +26,43 @@ from numba.cuda import devicearray
 from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests)
 from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_norm, optim, pad,
                pool, row_norm)
-from ._common import add_ as _add_, copy_cast
+from ._common import add_ as _add_, begin_op, copy_cast, device_array, op_stream, stream
+from ._common import to_host as _to_host
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda (plus to_device)
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
-           "from_host", "to_host", "to_device"]
+           "from_host", "to_host", "to_device", "stream", "begin"]
 name = "cuda"
 
 
 def wrap(a):
     """The Numba device array to compute on: device arrays as they are, foreign CUDA arrays
-    wrapped zero-copy."""
+    wrapped zero-copy (bound to the op's stream; no host synchronisation on their stream)."""
     if devicearray.is_cuda_ndarray(a):
         return a
-    if hasattr(a, "__cuda_array_interface__"):
-        return cuda.as_cuda_array(a)
-    raise TypeError(f"expected a CUDA array, got {type(a).__module__}.{type(a).__qualname__}")
+    desc = getattr(a, "__cuda_array_interface__", None)
+    if desc is None:
+        raise TypeError(f"expected a CUDA array, got {type(a).__module__}.{type(a).__qualname__}")
+    if "stream" in desc:  # the op's stream orders the work: no sync, no per-call stream wrapper
+        desc = {k: v for k, v in desc.items() if k != "stream"}
+    arr = cuda.from_cuda_array_interface(desc, owner=a, sync=False)
+    arr.stream = op_stream()
+    return arr
+
+
+def begin(arrays):
+    """An op's arrays (name -> array or None) wrapped as Numba device arrays, its stream made
+    current (numbanorm._backend.select calls this once per op, before any launch)."""
+    begin_op(arrays.values())
+    return {n: (None if a is None else wrap(a)) for n, a in arrays.items()}
 
 
 def contiguous(a):
     """a if it is C-contiguous, else a C-contiguous copy made on the device."""
     if a.is_c_contiguous():
         return a
-    out = cuda.device_array(tuple(a.shape), a.dtype)
+    out = device_array(tuple(a.shape), a.dtype)
     try:
         out[:] = a  # numba's strided device-to-device assignment kernel
     except Exception as e:
@@ -59,23 +79,24 @@ def is_contiguous(a):
 
 def from_host(a):
     """A host (NumPy) array copied to the device."""
-    return cuda.to_device(np.ascontiguousarray(a))
+    return cuda.to_device(np.ascontiguousarray(a), stream=op_stream())
 
 
 def to_host(a):
-    """A device array copied to a NumPy array (the one place the GPU backend copies to host)."""
-    return a.copy_to_host()
+    """A device array copied to a NumPy array on the op's stream (the one place the GPU backend
+    copies to host: it waits for that stream's work up to the copy)."""
+    return _to_host(a)
 
 
 def empty(shape, dtype):
-    return cuda.device_array(tuple(shape), np.dtype(dtype))
+    return device_array(tuple(shape), np.dtype(dtype))
 
 
 def full(shape, value, dtype):
     """A device array filled with value (filled on the device)."""
     from ._common import fill
 
-    return fill(cuda.device_array(tuple(shape), np.dtype(dtype)), value)
+    return fill(device_array(tuple(shape), np.dtype(dtype)), value)
 
 
 def cast(a, dtype):
@@ -83,7 +104,7 @@ def cast(a, dtype):
     dtype = np.dtype(dtype)
     if np.dtype(a.dtype) == dtype:
         return a
-    return copy_cast(contiguous(a), cuda.device_array(tuple(a.shape), dtype))
+    return copy_cast(contiguous(a), device_array(tuple(a.shape), dtype))
 
 
 def copy_(dst, src):
@@ -104,4 +125,4 @@ def to_device(a):
     """a as a device array: device arrays as they are (foreign ones wrapped), host arrays copied."""
     if devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__"):
         return wrap(a)
-    return cuda.to_device(np.ascontiguousarray(a))
+    return cuda.to_device(np.ascontiguousarray(a), stream=op_stream())

@@ -1,5 +1,18 @@
-"""Pieces shared by the GPU kernels: launch sizes, the block reduction, 1-D helpers, and the
-declaration of each kernel's argument types.
+"""Pieces shared by the GPU kernels: the stream an op runs on, launch sizes, the block
+reduction, 1-D helpers, and the declaration of each kernel's argument types.
+
+Streams: every launch, allocation and copy of numbanorm.cuda goes to `op_stream()`, the stream
+of the op being run. It is, in order: the stream of an enclosing `numbanorm.cuda.stream(s)`
+block; else the one `begin_op` picked from the op's input arrays when the op was dispatched
+(numbanorm._backend.select, the first step of every op): the current stream of the framework
+a foreign array comes from (PyTorch's `torch.cuda.current_stream()`, CuPy's
+`cupy.cuda.get_current_stream()`, read only when that module is already imported; for another
+producer, the `stream` entry of its `__cuda_array_interface__`), else the stream a Numba device
+array is bound to (its `.stream`, Numba's convention: 0 unless it was made on or bound to a
+stream; the arrays numbanorm allocates are bound to their op's stream, which keeps an op run
+inside another, e.g. the float32 computation of a float16 op, on the outer op's stream), else
+Numba's default stream (0). The choice stays current until the next op is dispatched: a call
+that takes no array (cross_entropy_backward with a number) runs on the previous op's stream.
 
 Determinism: every reduction has a fixed partition (a function of the shape and the config
 only) and a fixed merge order, and no float atomics are used, so two runs agree bitwise.
@@ -27,6 +40,10 @@ most twice), and a new module or kernel needs nothing but its KERNEL_SIGNATURES 
 - Under the CUDA simulator, tests/conftest.py types every kernel launch of the test session
   and fails the launch whose argument types match none of the kernel's declarations.
 """
+import contextlib
+import contextvars
+import sys
+
 import numpy as np
 from numba import cuda
 
@@ -41,6 +58,117 @@ def float_signatures(*arg_templates):
     replaced by float32, then float64; duplicates are dropped, the order kept."""
     sigs = (f"void({t.format(f=f)})" for t in arg_templates for f in FLOAT_TYPES)
     return list(dict.fromkeys(sigs))
+
+
+# ---------------------------------------------------------------- streams
+
+# (numba stream or 0, the framework's stream object kept alive while it is in use)
+_EXPLICIT = contextvars.ContextVar("numbanorm_cuda_explicit_stream", default=None)
+_OP = contextvars.ContextVar("numbanorm_cuda_op_stream", default=(0, None))
+_EXTERNAL = {}  # stream handle -> numba's wrapper of it (external_stream costs a few us)
+
+
+def op_stream():
+    """The stream the current op launches, allocates and copies on (see the module docstring)."""
+    explicit = _EXPLICIT.get()
+    return _OP.get()[0] if explicit is None else explicit[0]
+
+
+def external(handle):
+    """A Numba stream for a raw CUDA stream handle (0 and the CUDA array interface's 1 and 2:
+    the default, legacy default and per-thread default streams)."""
+    handle = int(handle)
+    if handle == 0:
+        return 0
+    if handle == 1:
+        return cuda.legacy_default_stream()
+    if handle == 2:
+        return cuda.per_thread_default_stream()
+    s = _EXTERNAL.get(handle)
+    if s is None:
+        if len(_EXTERNAL) >= 64:
+            _EXTERNAL.clear()
+        s = _EXTERNAL[handle] = cuda.external_stream(handle)
+    return s
+
+
+def as_numba_stream(s):
+    """A Numba stream (or 0) for s: a Numba stream as it is; a PyTorch stream (.cuda_stream), a
+    CuPy stream (.ptr), any object with the CUDA stream protocol (__cuda_stream__) or a raw
+    handle (int) wrapped with cuda.external_stream."""
+    if isinstance(s, int) and not isinstance(s, bool):
+        return external(s)
+    if hasattr(s, "auto_synchronize"):  # a numba.cuda stream (also the simulator's)
+        return s
+    for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
+        handle = getattr(s, attr, None)
+        if isinstance(handle, int):
+            return external(handle)
+    if hasattr(s, "__cuda_stream__"):
+        return external(s.__cuda_stream__()[1])
+    raise TypeError(f"stream must be a numba.cuda stream, a PyTorch or CuPy stream, an object with "
+                    f"__cuda_stream__ or a stream handle (int), got {type(s).__module__}."
+                    f"{type(s).__qualname__}")
+
+
+@contextlib.contextmanager
+def stream(s):
+    """Run the numbanorm ops (functional and layers) of this block on stream s, overriding the
+    stream picked from the inputs; s as `as_numba_stream` takes it, or None for no override."""
+    token = _EXPLICIT.set(None if s is None else (as_numba_stream(s), s))
+    try:
+        yield
+    finally:
+        _EXPLICIT.reset(token)
+
+
+def _foreign_stream(a):
+    """(numba stream, owner) an array from another framework is used on (see the module doc)."""
+    root = type(a).__module__.partition(".")[0]
+    framework = sys.modules.get(root) if root in ("torch", "cupy") else None
+    if framework is not None:
+        if root == "torch":
+            st = framework.cuda.current_stream(a.device)
+            return external(st.cuda_stream), st
+        st = framework.cuda.get_current_stream()
+        return external(st.ptr), st
+    handle = getattr(a, "__cuda_array_interface__", {}).get("stream")
+    return (0, None) if handle is None else (external(handle), None)
+
+
+def begin_op(arrays):
+    """Make the stream of the op whose input arrays (Numba device arrays or foreign CUDA arrays,
+    or None) are given the current op stream, and return it (see the module docstring)."""
+    explicit = _EXPLICIT.get()
+    if explicit is not None:
+        return explicit[0]
+    found = None
+    for a in arrays:
+        if a is None:
+            continue
+        if (not getattr(a, "__cuda_ndarray__", False)
+                or type(a).__module__.partition(".")[0] in ("torch", "cupy")):
+            found = _foreign_stream(a)  # a framework's stream wins over Numba arrays'
+            break
+        if found is None and a.stream:
+            found = (a.stream, None)
+    _OP.set(found or (0, None))
+    return op_stream()
+
+
+def to_host(a):
+    """A device array copied to a new NumPy array on the op's stream; waits for that stream's
+    work up to the copy (a synchronisation: say so where an op does it)."""
+    s = op_stream()
+    host = a.copy_to_host(stream=s)
+    if s:
+        s.synchronize()
+    return host
+
+
+def device_array(shape, dtype):
+    """An uninitialised device array bound to the op's stream."""
+    return cuda.device_array(shape, dtype, stream=op_stream())
 
 
 # The CUDA simulator has no warp shuffles; there one thread sums the last 32 partials in the
@@ -157,7 +285,7 @@ def fill(out, value):
     n = int(np.prod(out.shape, dtype=np.int64))
     if n:
         t = threads()
-        _fill[grid_1d(n, t), t](flat(out), float(value))
+        _fill[grid_1d(n, t), t, op_stream()](flat(out), float(value))
     return out
 
 
@@ -165,7 +293,7 @@ def copy_cast(src, out):
     n = int(np.prod(out.shape, dtype=np.int64))
     if n:
         t = threads()
-        _copy_cast[grid_1d(n, t), t](flat(src), flat(out))
+        _copy_cast[grid_1d(n, t), t, op_stream()](flat(src), flat(out))
     return out
 
 
@@ -173,4 +301,4 @@ def add_(dst, src):
     n = int(np.prod(dst.shape, dtype=np.int64))
     if n:
         t = threads()
-        _add[grid_1d(n, t), t](flat(dst), flat(src))
+        _add[grid_1d(n, t), t, op_stream()](flat(dst), flat(src))

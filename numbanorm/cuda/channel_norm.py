@@ -27,7 +27,8 @@ import numpy as np
 from numba import cuda, float64
 
 from . import config
-from ._common import block_sum2, cdiv, float_signatures, flat, grid_1d, shared_bytes, threads
+from ._common import (block_sum2, cdiv, device_array, flat, float_signatures, grid_1d, op_stream,
+                      shared_bytes, threads)
 
 COLUMN_MIN_C = 32  # (N, C) input with at least this many channels uses the column layout
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -140,12 +141,12 @@ def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
         chunk = cdiv(L, P)
         P = cdiv(L, chunk)
         kernel, grid, shmem = _plane_partials, C * P, shared_bytes(t)
-    p1 = cuda.device_array((C, P), np.float64)
-    p2 = cuda.device_array((C, P), np.float64)
+    p1 = device_array((C, P), np.float64)
+    p2 = device_array((C, P), np.float64)
     dy = x if dy is None else dy
     mean = p1.reshape(C * P) if mean is None else mean  # unused in mode 0
     rstd = mean if rstd is None else rstd
-    kernel[grid, t, 0, shmem](x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
+    kernel[grid, t, op_stream(), shmem](x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
     return p1, p2
 
 
@@ -174,10 +175,10 @@ KERNEL_SIGNATURES["_merge"] = float_signatures(
 def merge(p1, p2):
     """Sum (C, P) partials over P in order -> two float64 (C,) arrays."""
     C = p1.shape[0]
-    out1 = cuda.device_array(C, np.float64)
-    out2 = cuda.device_array(C, np.float64)
+    out1 = device_array(C, np.float64)
+    out2 = device_array(C, np.float64)
     t = threads()
-    _merge[cdiv(C, t), t](p1, p2, out1, out2)
+    _merge[cdiv(C, t), t, op_stream()](p1, p2, out1, out2)
     return out1, out2
 
 
@@ -202,10 +203,10 @@ def stats(x):
     """
     N, C, S = x.shape
     p1, p2 = partial_sums(x, None, None, None, 0, 1, 0)
-    mean = cuda.device_array(C, np.float64)
-    var = cuda.device_array(C, np.float64)
+    mean = device_array(C, np.float64)
+    var = device_array(C, np.float64)
     t = threads()
-    _stats[cdiv(C, t), t](p1, p2, x, int(N * S), mean, var)
+    _stats[cdiv(C, t), t, op_stream()](p1, p2, x, int(N * S), mean, var)
     return mean, var
 
 
@@ -270,24 +271,24 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     """
     N, C, S = x.shape
     t = threads()
-    mean = cuda.device_array(C, np.float64)
-    rstd = cuda.device_array(C, np.float64)
-    scale = cuda.device_array(C, np.float64)
-    offset = cuda.device_array(C, np.float64)
+    mean = device_array(C, np.float64)
+    rstd = device_array(C, np.float64)
+    scale = device_array(C, np.float64)
+    offset = device_array(C, np.float64)
     if training:
         p1, p2 = partial_sums(x, None, None, None, 0, 1, 0)
     else:
         p1 = p2 = mean.reshape(C, 1)  # unused
-    y = cuda.device_array(x.shape, x.dtype)
+    y = device_array(x.shape, x.dtype)
     unused = flat(y)[:C]  # placeholder of x's dtype for an absent array (one signature per dtype)
     has_running = running_mean is not None
-    _forward_coeffs[cdiv(C, t), t](
+    _forward_coeffs[cdiv(C, t), t, op_stream()](
         p1, p2, x, int(N * S), bool(training), float(eps), float(momentum),
         running_mean if has_running else unused, running_var if has_running else unused, has_running,
         weight if weight is not None else unused, weight is not None,
         bias if bias is not None else unused, bias is not None,
         mean, rstd, scale, offset)
-    _affine[grid_1d(N * C * S, t), t](x, mean, scale, offset, y)
+    _affine[grid_1d(N * C * S, t), t, op_stream()](x, mean, scale, offset, y)
     return y, mean, rstd
 
 
@@ -355,10 +356,10 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
     """
     N, C, S = x.shape
     t = threads()
-    dx = cuda.device_array(x.shape, x.dtype)
+    dx = device_array(x.shape, x.dtype)
     dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training,
                                                     count, flat(dx)[:C])
-    _backward_dx[grid_1d(N * C * S, t), t](x, dy, mean, a, b, d, bool(training), dx)
+    _backward_dx[grid_1d(N * C * S, t), t, op_stream()](x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
 
 
@@ -368,8 +369,8 @@ def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, pla
     absent weight (one kernel signature per dtype)."""
     C = rstd.shape[0]
     t = threads()
-    dweight, dbias, a, b, d = (cuda.device_array(C, np.float64) for _ in range(5))
-    _backward_coeffs[cdiv(C, t), t](sum_dy, sum_dy_xmu, rstd,
+    dweight, dbias, a, b, d = (device_array(C, np.float64) for _ in range(5))
+    _backward_coeffs[cdiv(C, t), t, op_stream()](sum_dy, sum_dy_xmu, rstd,
                                     weight if weight is not None else placeholder, weight is not None,
                                     bool(training), float(count), dweight, dbias, a, b, d)
     return dweight, dbias, a, b, d

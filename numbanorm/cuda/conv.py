@@ -10,7 +10,8 @@ for dcols and a col2im that gathers (one thread per dx element, fixed order; no 
 from numba import cuda, float64
 
 from .._shapes import conv_dims
-from ._common import block_sum2, float_signatures, grid_1d, shared_bytes, threads
+from ._common import (block_sum2, device_array, float_signatures, grid_1d, op_stream, shared_bytes,
+                      threads)
 from .gemm import gemm, gemm_dw
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -93,7 +94,7 @@ KERNEL_SIGNATURES["_channel_sum"] = float_signatures(
 def _launch_1d(kernel, n, *args):
     if n:
         t = threads()
-        kernel[grid_1d(n, t), t](*args)
+        kernel[grid_1d(n, t), t, op_stream()](*args)
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -102,10 +103,10 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
     G = groups
-    cols = cuda.device_array((N, K, P), x.dtype)
+    cols = device_array((N, K, P), x.dtype)
     _launch_1d(_im2col, N * K * P, x, KH, KW, stride[0], stride[1], padding[0], padding[1],
                dilation[0], dilation[1], OH, OW, cols)
-    y = cuda.device_array((N, O, OH, OW), x.dtype)
+    y = device_array((N, O, OH, OW), x.dtype)
     gemm(weight.reshape((G, Og, Kg)), cols.reshape((N * G, Kg, P)), y.reshape((N * G, Og, P)),
          bias=bias, bias_mode=0 if bias is None else 1)
     return y, cols
@@ -120,18 +121,18 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
     dy3 = dy.reshape((N, O, P))
     dweight = dbias = dx = None
     if need_params:
-        dweight = cuda.device_array(tuple(weight.shape), dy.dtype)
+        dweight = device_array(tuple(weight.shape), dy.dtype)
         gemm_dw(dy.reshape((N * G, Og, P)), cols.reshape((N * G, Kg, P)), G,
                 dweight.reshape((G, Og, Kg)))
         if has_bias:
             t = threads()
-            dbias = cuda.device_array(O, dy.dtype)
-            _channel_sum[O, t, 0, shared_bytes(t)](dy3, dbias)
+            dbias = device_array(O, dy.dtype)
+            _channel_sum[O, t, op_stream(), shared_bytes(t)](dy3, dbias)
     if need_dx:
-        dcols = cuda.device_array((N, K, P), dy.dtype)
+        dcols = device_array((N, K, P), dy.dtype)
         gemm(weight.reshape((G, Og, Kg)), dy.reshape((N * G, Og, P)), dcols.reshape((N * G, Kg, P)),
              ta=True)
-        dx = cuda.device_array(tuple(x_shape), dy.dtype)
+        dx = device_array(tuple(x_shape), dy.dtype)
         n = 1
         for d in x_shape:
             n *= int(d)

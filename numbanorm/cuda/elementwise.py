@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import dropout_at, dropout_backward_at, relu_at, relu_backward_at
-from ._common import flat, float_signatures, grid_1d, threads
+from ._common import device_array, flat, float_signatures, grid_1d, op_stream, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -56,7 +56,7 @@ def _launch(kernel, n, *args):
         t = threads()
         with warnings.catch_warnings():  # the simulator runs the hash's uint64 math as NumPy
             warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            kernel[grid_1d(n, t), t](*args)
+            kernel[grid_1d(n, t), t, op_stream()](*args)
 
 
 def _size(a):
@@ -64,26 +64,26 @@ def _size(a):
 
 
 def relu_forward(x):
-    y = cuda.device_array(tuple(x.shape), x.dtype)
+    y = device_array(tuple(x.shape), x.dtype)
     _launch(_relu, _size(x), flat(x), flat(y))
     return y
 
 
 def relu_backward(dy, y):
-    dx = cuda.device_array(tuple(dy.shape), dy.dtype)
+    dx = device_array(tuple(dy.shape), dy.dtype)
     _launch(_relu_backward, _size(dy), flat(dy), flat(y), flat(dx))
     return dx
 
 
 def dropout_forward(x, p, seed):
     """The same mask as the CPU kernel for the same seed (the same counter-based hash)."""
-    y = cuda.device_array(tuple(x.shape), x.dtype)
-    mask = cuda.device_array(tuple(x.shape), np.uint8)
+    y = device_array(tuple(x.shape), x.dtype)
+    mask = device_array(tuple(x.shape), np.uint8)
     _launch(_dropout, _size(x), flat(x), p, 1.0 / (1.0 - p), np.uint64(seed), flat(y), flat(mask))
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
-    dx = cuda.device_array(tuple(dy.shape), dy.dtype)
+    dx = device_array(tuple(dy.shape), dy.dtype)
     _launch(_dropout_backward, _size(dy), flat(dy), flat(mask), 1.0 / (1.0 - p), flat(dx))
     return dx

@@ -2,7 +2,7 @@
 y (M, F_out) = x @ weight.T + bias, with the tiled gemm of cuda/gemm.py."""
 from numba import cuda
 
-from ._common import float_signatures, grid_1d, threads
+from ._common import device_array, float_signatures, grid_1d, op_stream, threads
 from .gemm import gemm
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -26,7 +26,7 @@ KERNEL_SIGNATURES["_column_sum"] = float_signatures(
 def forward(x, weight, bias):
     M = x.shape[0]
     Fo, Fi = weight.shape
-    y = cuda.device_array((M, Fo), x.dtype)
+    y = device_array((M, Fo), x.dtype)
     gemm(x.reshape((1, M, Fi)), weight.reshape((1, Fo, Fi)), y.reshape((1, M, Fo)), tb=True,
          bias=bias, bias_mode=0 if bias is None else 2)
     return y
@@ -37,12 +37,12 @@ def backward(dy, x, weight, need_dx, need_params):
     Fi = weight.shape[1]
     dweight = dbias = dx = None
     if need_params:
-        dweight = cuda.device_array((Fo, Fi), dy.dtype)
+        dweight = device_array((Fo, Fi), dy.dtype)
         gemm(dy.reshape((1, M, Fo)), x.reshape((1, M, Fi)), dweight.reshape((1, Fo, Fi)), ta=True)
-        dbias = cuda.device_array(Fo, dy.dtype)
+        dbias = device_array(Fo, dy.dtype)
         t = threads()
-        _column_sum[grid_1d(Fo, t), t](dy, dbias)
+        _column_sum[grid_1d(Fo, t), t, op_stream()](dy, dbias)
     if need_dx:
-        dx = cuda.device_array((M, Fi), dy.dtype)
+        dx = device_array((M, Fi), dy.dtype)
         gemm(dy.reshape((1, M, Fo)), weight.reshape((1, Fo, Fi)), dx.reshape((1, M, Fi)))
     return dx, dweight, dbias

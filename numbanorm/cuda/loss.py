@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import cross_entropy_backward_at, cross_entropy_row
-from ._common import float_signatures, grid_1d, threads
+from ._common import device_array, float_signatures, grid_1d, op_stream, threads, to_host
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -31,21 +31,24 @@ KERNEL_SIGNATURES["_backward"] = float_signatures(
 
 
 def forward(logits, labels, ignore_index, smoothing):
-    """-> (losses float64 (M,), status uint8 (M,), both on the host, probs on the device)."""
+    """-> (losses float64 (M,), status uint8 (M,), both on the host, probs on the device).
+
+    The host copies wait for the op's stream (the loss is a Python number and the label check
+    raises before the backward): the one synchronisation of a training step."""
     M, K = logits.shape
-    probs = cuda.device_array((M, K), logits.dtype)
-    losses = cuda.device_array(M, np.float64)
-    status = cuda.device_array(M, np.uint8)
+    probs = device_array((M, K), logits.dtype)
+    losses = device_array(M, np.float64)
+    status = device_array(M, np.uint8)
     if M:
         t = threads()
-        _forward[grid_1d(M, t), t](logits, labels, ignore_index, smoothing, probs, losses, status)
-    return losses.copy_to_host(), status.copy_to_host(), probs
+        _forward[grid_1d(M, t), t, op_stream()](logits, labels, ignore_index, smoothing, probs, losses, status)
+    return to_host(losses), to_host(status), probs
 
 
 def backward(probs, labels, ignore_index, smoothing, row_scale):
-    dlogits = cuda.device_array(tuple(probs.shape), probs.dtype)
+    dlogits = device_array(tuple(probs.shape), probs.dtype)
     n = int(probs.shape[0]) * int(probs.shape[1])
     if n:
         t = threads()
-        _backward[grid_1d(n, t), t](probs, labels, ignore_index, smoothing, row_scale, dlogits)
+        _backward[grid_1d(n, t), t, op_stream()](probs, labels, ignore_index, smoothing, row_scale, dlogits)
     return dlogits

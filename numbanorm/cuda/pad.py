@@ -2,7 +2,7 @@
 gathered through a source map, and the backward sum in the map's source order (no atomics)."""
 from numba import cuda
 
-from ._common import float_signatures, grid_1d, threads
+from ._common import device_array, float_signatures, grid_1d, op_stream, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -36,18 +36,18 @@ KERNEL_SIGNATURES["_scatter_sum"] = float_signatures(
 
 
 def gather(x, source):
-    out = cuda.device_array((x.shape[0], source.shape[0]), x.dtype)
+    out = device_array((x.shape[0], source.shape[0]), x.dtype)
     n = int(out.shape[0]) * int(out.shape[1])
     if n:
         t = threads()
-        _gather[grid_1d(n, t), t](x, source, out)
+        _gather[grid_1d(n, t), t, op_stream()](x, source, out)
     return out
 
 
 def scatter_sum(dxp, order, starts, M):
-    dx = cuda.device_array((dxp.shape[0], M), dxp.dtype)
+    dx = device_array((dxp.shape[0], M), dxp.dtype)
     n = int(dx.shape[0]) * M
     if n:
         t = threads()
-        _scatter_sum[grid_1d(n, t), t](dxp, order, starts, dx)
+        _scatter_sum[grid_1d(n, t), t, op_stream()](dxp, order, starts, dx)
     return dx

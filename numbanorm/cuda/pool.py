@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._shapes import avg_pool_divisor
-from ._common import float_signatures, grid_1d, threads
+from ._common import device_array, float_signatures, grid_1d, op_stream, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -100,7 +100,7 @@ def _launch(kernel, shape, *args):
         n *= int(d)
     if n:
         t = threads()
-        kernel[grid_1d(n, t), t](*args)
+        kernel[grid_1d(n, t), t, op_stream()](*args)
 
 
 _PLACEHOLDER = {}
@@ -109,21 +109,21 @@ _PLACEHOLDER = {}
 def _no_idx():
     """A 4-D int32 placeholder for the unused idx argument of the average-pool backward."""
     if "idx" not in _PLACEHOLDER:
-        _PLACEHOLDER["idx"] = cuda.device_array((1, 1, 1, 1), np.int32)
+        _PLACEHOLDER["idx"] = cuda.device_array((1, 1, 1, 1), np.int32)  # never read: unbound
     return _PLACEHOLDER["idx"]
 
 
 def max_forward(x, kernel, stride, padding, out_hw):
     shape = tuple(x.shape[:2]) + tuple(out_hw)
-    y = cuda.device_array(shape, x.dtype)
-    idx = cuda.device_array(shape, np.int32)
+    y = device_array(shape, x.dtype)
+    idx = device_array(shape, np.int32)
     _launch(_max_forward, shape, x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
             padding[1], y, idx)
     return y, idx
 
 
 def max_backward(dy, idx, x_shape, kernel, stride, padding):
-    dx = cuda.device_array(tuple(x_shape), dy.dtype)
+    dx = device_array(tuple(x_shape), dy.dtype)
     _launch(_pool_backward, x_shape, dy, idx, kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], True, True, dx)
     return dx
@@ -131,14 +131,14 @@ def max_backward(dy, idx, x_shape, kernel, stride, padding):
 
 def avg_forward(x, kernel, stride, padding, out_hw, count_include_pad):
     shape = tuple(x.shape[:2]) + tuple(out_hw)
-    y = cuda.device_array(shape, x.dtype)
+    y = device_array(shape, x.dtype)
     _launch(_avg_forward, shape, x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
             padding[1], count_include_pad, y)
     return y
 
 
 def avg_backward(dy, x_shape, kernel, stride, padding, count_include_pad):
-    dx = cuda.device_array(tuple(x_shape), dy.dtype)
+    dx = device_array(tuple(x_shape), dy.dtype)
     _launch(_pool_backward, x_shape, dy, _no_idx(), kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], False, count_include_pad, dx)
     return dx

@@ -21,7 +21,8 @@ import numpy as np
 from numba import cuda, float64
 
 from . import channel_norm, config
-from ._common import block_sum2, cdiv, float_signatures, shared_bytes, threads
+from ._common import (block_sum2, cdiv, device_array, float_signatures, op_stream, shared_bytes,
+                      threads)
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -72,10 +73,10 @@ def forward(x, weight, bias, G, Cg, S, eps):
     """
     R, M = x.shape
     t = threads()
-    y = cuda.device_array((R, M), x.dtype)
-    mean = cuda.device_array(R, np.float64)
-    rstd = cuda.device_array(R, np.float64)
-    _forward[_row_blocks(R), t, 0, shared_bytes(t)](x, weight, bias, int(G), int(Cg), int(S), float(eps),
+    y = device_array((R, M), x.dtype)
+    mean = device_array(R, np.float64)
+    rstd = device_array(R, np.float64)
+    _forward[_row_blocks(R), t, op_stream(), shared_bytes(t)](x, weight, bias, int(G), int(Cg), int(S), float(eps),
                                                             y, mean, rstd)
     return y, mean, rstd
 
@@ -118,8 +119,8 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     """
     R, M = x.shape
     t = threads()
-    dx = cuda.device_array((R, M), x.dtype)
-    _backward_dx[_row_blocks(R), t, 0, shared_bytes(t)](x, dy, mean, rstd, weight,
+    dx = device_array((R, M), x.dtype)
+    _backward_dx[_row_blocks(R), t, op_stream(), shared_bytes(t)](x, dy, mean, rstd, weight,
                                                                 int(G), int(Cg), int(S), dx)
     N = R // G
     x3 = x.reshape(N, G * Cg, S)
@@ -157,5 +158,5 @@ def instance_running_update(mean, rstd, eps, N, C, S, running_mean, running_var,
     mean/rstd: float64 (N*C,) per-instance statistics from forward. Updates in place on the device.
     """
     t = threads()
-    _instance_running_update[cdiv(C, t), t](mean, rstd, float(eps), int(N), int(S),
+    _instance_running_update[cdiv(C, t), t, op_stream()](mean, rstd, float(eps), int(N), int(S),
                                             running_mean, running_var, float(momentum))
