@@ -45,6 +45,7 @@ import contextvars
 import sys
 
 import numpy as np
+from numba import config as numba_config
 from numba import cuda
 
 from . import config
@@ -166,6 +167,27 @@ def to_host(a):
     return host
 
 
+_SIMULATOR = bool(numba_config.ENABLE_CUDASIM)
+_LAUNCHES = {}  # (kernel, grid, block, stream, shared bytes) -> numba's configured launch
+
+
+def launch(kernel, grid, block, shmem=0):
+    """kernel configured for grid x block threads with shmem bytes of dynamic shared memory, on
+    the op's stream. Configured once per key and reused: numba builds a launch configuration
+    (and checks the grid for its low-occupancy warning) at every kernel[...] otherwise. The
+    simulator configures its kernel objects in place: there each call configures afresh."""
+    s = op_stream()
+    if _SIMULATOR:
+        return kernel[grid, block, s, shmem]
+    key = (kernel, grid, block, s, shmem)
+    configured = _LAUNCHES.get(key)
+    if configured is None:
+        if len(_LAUNCHES) >= 4096:
+            _LAUNCHES.clear()
+        configured = _LAUNCHES[key] = kernel[grid, block, s, shmem]
+    return configured
+
+
 def device_array(shape, dtype):
     """An uninitialised device array bound to the op's stream."""
     return cuda.device_array(shape, dtype, stream=op_stream())
@@ -285,7 +307,7 @@ def fill(out, value):
     n = int(np.prod(out.shape, dtype=np.int64))
     if n:
         t = threads()
-        _fill[grid_1d(n, t), t, op_stream()](flat(out), float(value))
+        launch(_fill, grid_1d(n, t), t)(flat(out), float(value))
     return out
 
 
@@ -293,7 +315,7 @@ def copy_cast(src, out):
     n = int(np.prod(out.shape, dtype=np.int64))
     if n:
         t = threads()
-        _copy_cast[grid_1d(n, t), t, op_stream()](flat(src), flat(out))
+        launch(_copy_cast, grid_1d(n, t), t)(flat(src), flat(out))
     return out
 
 
@@ -301,4 +323,4 @@ def add_(dst, src):
     n = int(np.prod(dst.shape, dtype=np.int64))
     if n:
         t = threads()
-        _add[grid_1d(n, t), t, op_stream()](flat(dst), flat(src))
+        launch(_add, grid_1d(n, t), t)(flat(dst), flat(src))

@@ -21,13 +21,14 @@ Partial modes: 0 = shifted stats of x: p1 = sum(x - x[0, c, 0]), p2 = sum((x - x
 rstd[k]. The statistic index is k = n * nstride + c // Cg (nstride = 0, Cg = 1 for BatchNorm;
 the row-norm backward uses nstride = G to get per-(sample, group) statistics).
 """
+import functools
 import math
 
 import numpy as np
 from numba import cuda, float64
 
 from . import config
-from ._common import (block_sum2, cdiv, device_array, flat, float_signatures, grid_1d, op_stream,
+from ._common import (block_sum2, cdiv, device_array, flat, float_signatures, grid_1d, launch,
                       shared_bytes, threads)
 
 COLUMN_MIN_C = 32  # (N, C) input with at least this many channels uses the column layout
@@ -124,29 +125,35 @@ KERNEL_SIGNATURES["_column_partials"] = float_signatures(
     "float64[:, ::1], float64[:, ::1]")
 
 
+@functools.lru_cache(maxsize=256)
+def _partial_plan(N, C, S, t, items, target_blocks):
+    """(column layout?, blocks, P, chunk, shared bytes) of stage 1 (cached per shape and config)."""
+    if S == 1 and C >= COLUMN_MIN_C:
+        ncb = cdiv(C, t)
+        P = max(1, min(cdiv(N, items), cdiv(target_blocks, ncb)))
+        chunk = cdiv(N, P)
+        P = cdiv(N, chunk)
+        return True, ncb * P, P, chunk, 0
+    L = N * S
+    P = max(1, min(cdiv(L, t * items), cdiv(target_blocks, C)))
+    chunk = cdiv(L, P)
+    P = cdiv(L, chunk)
+    return False, C * P, P, chunk, shared_bytes(t)
+
+
 def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
     """Stage 1 for any mode: returns the (C, P) float64 partial arrays (p1, p2)."""
     N, C, S = x.shape
     t = threads()
-    min_items = t * max(1, int(config.ITEMS_PER_THREAD))
-    if S == 1 and C >= COLUMN_MIN_C:
-        ncb = cdiv(C, t)
-        P = max(1, min(cdiv(N, max(1, int(config.ITEMS_PER_THREAD))), cdiv(config.TARGET_BLOCKS, ncb)))
-        chunk = cdiv(N, P)
-        P = cdiv(N, chunk)
-        kernel, grid, shmem = _column_partials, ncb * P, 0
-    else:
-        L = N * S
-        P = max(1, min(cdiv(L, min_items), cdiv(config.TARGET_BLOCKS, C)))
-        chunk = cdiv(L, P)
-        P = cdiv(L, chunk)
-        kernel, grid, shmem = _plane_partials, C * P, shared_bytes(t)
+    column, grid, P, chunk, shmem = _partial_plan(N, C, S, t, max(1, int(config.ITEMS_PER_THREAD)),
+                                                  int(config.TARGET_BLOCKS))
+    kernel = _column_partials if column else _plane_partials
     p1 = device_array((C, P), np.float64)
     p2 = device_array((C, P), np.float64)
     dy = x if dy is None else dy
     mean = p1.reshape(C * P) if mean is None else mean  # unused in mode 0
     rstd = mean if rstd is None else rstd
-    kernel[grid, t, op_stream(), shmem](x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
+    launch(kernel, grid, t, shmem)(x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
     return p1, p2
 
 
@@ -178,7 +185,7 @@ def merge(p1, p2):
     out1 = device_array(C, np.float64)
     out2 = device_array(C, np.float64)
     t = threads()
-    _merge[cdiv(C, t), t, op_stream()](p1, p2, out1, out2)
+    launch(_merge, cdiv(C, t), t)(p1, p2, out1, out2)
     return out1, out2
 
 
@@ -206,18 +213,26 @@ def stats(x):
     mean = device_array(C, np.float64)
     var = device_array(C, np.float64)
     t = threads()
-    _stats[cdiv(C, t), t, op_stream()](p1, p2, x, int(N * S), mean, var)
+    launch(_stats, cdiv(C, t), t)(p1, p2, x, int(N * S), mean, var)
     return mean, var
 
 
+TRAINING, HAS_RUNNING, HAS_WEIGHT, HAS_BIAS = 1, 2, 4, 8  # _forward_coeffs' flags
+
+
 @cuda.jit
-def _forward_coeffs(p1, p2, x, count, training, eps, momentum, running_mean, running_var,
-                    has_running, weight, has_weight, bias, has_bias, mean, rstd, scale, offset):
+def _forward_coeffs(p1, p2, x, count, flags, eps, momentum, running_mean, running_var,
+                    weight, bias, mean, rstd, scale, offset):
     """Per channel: statistics (batch, or running when not training), the running-stat update,
-    and the affine coefficients y = (x - mean) * scale + offset."""
+    and the affine coefficients y = (x - mean) * scale + offset. flags: TRAINING | HAS_RUNNING |
+    HAS_WEIGHT | HAS_BIAS (one argument, not four)."""
     c = cuda.grid(1)
     if c >= mean.shape[0]:
         return
+    training = (flags & TRAINING) != 0
+    has_running = (flags & HAS_RUNNING) != 0
+    has_weight = (flags & HAS_WEIGHT) != 0
+    has_bias = (flags & HAS_BIAS) != 0
     if training:
         d = _sum_row(p1, c) / count
         m = float64(x[0, c, 0]) + d
@@ -237,11 +252,10 @@ def _forward_coeffs(p1, p2, x, count, training, eps, momentum, running_mean, run
 
 KERNEL_SIGNATURES["_forward_coeffs"] = float_signatures(
     # running stats: the data dtype, or float64 (SyncBatchNorm's global statistics)
-    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, boolean, float64, float64, {f}[::1], {f}[::1], "
-    "boolean, {f}[::1], boolean, {f}[::1], boolean, float64[::1], float64[::1], float64[::1], float64[::1]",
-    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, boolean, float64, float64, float64[::1], "
-    "float64[::1], boolean, {f}[::1], boolean, {f}[::1], boolean, float64[::1], float64[::1], float64[::1], "
-    "float64[::1]")
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64, {f}[::1], {f}[::1], "
+    "{f}[::1], {f}[::1], float64[::1], float64[::1], float64[::1], float64[::1]",
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64, float64[::1], "
+    "float64[::1], {f}[::1], {f}[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
 
 
 @cuda.jit
@@ -282,13 +296,14 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     y = device_array(x.shape, x.dtype)
     unused = flat(y)[:C]  # placeholder of x's dtype for an absent array (one signature per dtype)
     has_running = running_mean is not None
-    _forward_coeffs[cdiv(C, t), t, op_stream()](
-        p1, p2, x, int(N * S), bool(training), float(eps), float(momentum),
-        running_mean if has_running else unused, running_var if has_running else unused, has_running,
-        weight if weight is not None else unused, weight is not None,
-        bias if bias is not None else unused, bias is not None,
+    flags = ((TRAINING if training else 0) | (HAS_RUNNING if has_running else 0)
+             | (HAS_WEIGHT if weight is not None else 0) | (HAS_BIAS if bias is not None else 0))
+    launch(_forward_coeffs, cdiv(C, t), t)(
+        p1, p2, x, int(N * S), flags, float(eps), float(momentum),
+        running_mean if has_running else unused, running_var if has_running else unused,
+        weight if weight is not None else unused, bias if bias is not None else unused,
         mean, rstd, scale, offset)
-    _affine[grid_1d(N * C * S, t), t, op_stream()](x, mean, scale, offset, y)
+    launch(_affine, grid_1d(N * C * S, t), t)(x, mean, scale, offset, y)
     return y, mean, rstd
 
 
@@ -359,7 +374,7 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
     dx = device_array(x.shape, x.dtype)
     dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training,
                                                     count, flat(dx)[:C])
-    _backward_dx[grid_1d(N * C * S, t), t, op_stream()](x, dy, mean, a, b, d, bool(training), dx)
+    launch(_backward_dx, grid_1d(N * C * S, t), t)(x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
 
 
@@ -370,7 +385,7 @@ def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, pla
     C = rstd.shape[0]
     t = threads()
     dweight, dbias, a, b, d = (device_array(C, np.float64) for _ in range(5))
-    _backward_coeffs[cdiv(C, t), t, op_stream()](sum_dy, sum_dy_xmu, rstd,
+    launch(_backward_coeffs, cdiv(C, t), t)(sum_dy, sum_dy_xmu, rstd,
                                     weight if weight is not None else placeholder, weight is not None,
                                     bool(training), float(count), dweight, dbias, a, b, d)
     return dweight, dbias, a, b, d

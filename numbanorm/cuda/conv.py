@@ -10,7 +10,7 @@ for dcols and a col2im that gathers (one thread per dx element, fixed order; no 
 from numba import cuda, float64
 
 from .._shapes import conv_dims
-from ._common import (block_sum2, device_array, float_signatures, grid_1d, op_stream, shared_bytes,
+from ._common import (block_sum2, device_array, float_signatures, grid_1d, launch, shared_bytes,
                       threads)
 from .gemm import gemm, gemm_dw
 
@@ -94,7 +94,7 @@ KERNEL_SIGNATURES["_channel_sum"] = float_signatures(
 def _launch_1d(kernel, n, *args):
     if n:
         t = threads()
-        kernel[grid_1d(n, t), t, op_stream()](*args)
+        launch(kernel, grid_1d(n, t), t)(*args)
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -127,7 +127,7 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
         if has_bias:
             t = threads()
             dbias = device_array(O, dy.dtype)
-            _channel_sum[O, t, op_stream(), shared_bytes(t)](dy3, dbias)
+            launch(_channel_sum, O, t, shared_bytes(t))(dy3, dbias)
     if need_dx:
         dcols = device_array((N, K, P), dy.dtype)
         gemm(weight.reshape((G, Og, Kg)), dy.reshape((N * G, Og, P)), dcols.reshape((N * G, Kg, P)),

@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import dropout_at, dropout_backward_at, relu_at, relu_backward_at
-from ._common import device_array, flat, float_signatures, grid_1d, op_stream, threads
+from ._common import device_array, flat, float_signatures, grid_1d, launch, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -56,7 +56,7 @@ def _launch(kernel, n, *args):
         t = threads()
         with warnings.catch_warnings():  # the simulator runs the hash's uint64 math as NumPy
             warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            kernel[grid_1d(n, t), t, op_stream()](*args)
+            launch(kernel, grid_1d(n, t), t)(*args)
 
 
 def _size(a):

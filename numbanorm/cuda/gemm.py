@@ -11,7 +11,7 @@ import os
 
 from numba import cuda, float64
 
-from ._common import cdiv, float_signatures, op_stream
+from ._common import cdiv, float_signatures, launch
 
 # tile edge (TILE x TILE threads per block); small under the simulator (a Python thread per
 # CUDA thread). A compile-time constant of the kernels.
@@ -73,7 +73,7 @@ def gemm(A, B, C, ta=False, tb=False, bias=None, bias_mode=0, accumulate=False):
     if bias is None:
         bias, bias_mode = C.reshape(Z * M * N)[:1], 0
     grid = (cdiv(N, TILE), cdiv(M, TILE), Z)
-    _gemm[grid, (TILE, TILE), op_stream()](A, B, C, ta, tb, bias, bias_mode, accumulate)
+    launch(_gemm, grid, (TILE, TILE))(A, B, C, ta, tb, bias, bias_mode, accumulate)
     return C
 
 
@@ -117,5 +117,5 @@ KERNEL_SIGNATURES["_gemm_dw"] = float_signatures(
 def gemm_dw(dy, cols, groups, dw):
     """dy (N*G, Og, P), cols (N*G, Kg, P) -> dw (G, Og, Kg)."""
     G, O, K = dw.shape
-    _gemm_dw[(cdiv(K, TILE), cdiv(O, TILE), G), (TILE, TILE), op_stream()](dy, cols, groups, dw)
+    launch(_gemm_dw, (cdiv(K, TILE), cdiv(O, TILE), G), (TILE, TILE))(dy, cols, groups, dw)
     return dw

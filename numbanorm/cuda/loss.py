@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import cross_entropy_backward_at, cross_entropy_row
-from ._common import device_array, float_signatures, grid_1d, op_stream, threads, to_host
+from ._common import device_array, float_signatures, grid_1d, launch, threads, to_host
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -41,7 +41,7 @@ def forward(logits, labels, ignore_index, smoothing):
     status = device_array(M, np.uint8)
     if M:
         t = threads()
-        _forward[grid_1d(M, t), t, op_stream()](logits, labels, ignore_index, smoothing, probs, losses, status)
+        launch(_forward, grid_1d(M, t), t)(logits, labels, ignore_index, smoothing, probs, losses, status)
     return to_host(losses), to_host(status), probs
 
 
@@ -50,5 +50,5 @@ def backward(probs, labels, ignore_index, smoothing, row_scale):
     n = int(probs.shape[0]) * int(probs.shape[1])
     if n:
         t = threads()
-        _backward[grid_1d(n, t), t, op_stream()](probs, labels, ignore_index, smoothing, row_scale, dlogits)
+        launch(_backward, grid_1d(n, t), t)(probs, labels, ignore_index, smoothing, row_scale, dlogits)
     return dlogits

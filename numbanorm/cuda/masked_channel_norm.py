@@ -10,7 +10,7 @@ from numba import cuda, float64
 
 from . import config
 from .channel_norm import backward_coefficients
-from ._common import (block_sum2, cdiv, device_array, float_signatures, grid_1d, op_stream,
+from ._common import (block_sum2, cdiv, device_array, float_signatures, grid_1d, launch,
                       shared_bytes, threads)
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -78,11 +78,11 @@ def stats(x, mask, n0, s0, count):
     P = cdiv(L, chunk)
     p1 = device_array((C, P), np.float64)
     p2 = device_array((C, P), np.float64)
-    _masked_partials[C * P, t, op_stream(), shared_bytes(t)](x, mask, int(n0), int(s0), chunk, p1, p2)
+    launch(_masked_partials, C * P, t, shared_bytes(t))(x, mask, int(n0), int(s0), chunk, p1, p2)
     count = float(count)
     mean = device_array(C, np.float64)
     var = device_array(C, np.float64)
-    _masked_finish[cdiv(C, t), t, op_stream()](p1, p2, x, int(n0), int(s0), count, mean, var)
+    launch(_masked_finish, cdiv(C, t), t)(p1, p2, x, int(n0), int(s0), count, mean, var)
     return mean, var
 
 
@@ -116,5 +116,5 @@ def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, coun
     dx = device_array(x.shape, x.dtype)
     dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, True, count,
                                                     dx.reshape(N * C * S)[:C])
-    _masked_backward_dx[grid_1d(N * C * S, t), t, op_stream()](x, dy, mask, mean, a, b, d, dx)
+    launch(_masked_backward_dx, grid_1d(N * C * S, t), t)(x, dy, mask, mean, a, b, d, dx)
     return dx, dweight, dbias

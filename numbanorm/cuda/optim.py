@@ -4,7 +4,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import adam_at, sgd_at
-from ._common import flat, float_signatures, grid_1d, op_stream, threads
+from ._common import flat, float_signatures, grid_1d, launch, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -39,12 +39,12 @@ def _grid(p):
 def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     n, blocks, t = _grid(p)
     if n:
-        _sgd[blocks, t, op_stream()](flat(p), flat(g), flat(buf), lr, momentum, dampening, weight_decay,
+        launch(_sgd, blocks, t)(flat(p), flat(g), flat(buf), lr, momentum, dampening, weight_decay,
                         nesterov, first)
 
 
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad):
     n, blocks, t = _grid(p)
     if n:
-        _adam[blocks, t, op_stream()](flat(p), flat(g), flat(m), flat(v), flat(vmax), lr, beta1, beta2, eps,
+        launch(_adam, blocks, t)(flat(p), flat(g), flat(m), flat(v), flat(vmax), lr, beta1, beta2, eps,
                          weight_decay, bc1, bc2_sqrt, amsgrad)

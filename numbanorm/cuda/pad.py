@@ -2,7 +2,7 @@
 gathered through a source map, and the backward sum in the map's source order (no atomics)."""
 from numba import cuda
 
-from ._common import device_array, float_signatures, grid_1d, op_stream, threads
+from ._common import device_array, float_signatures, grid_1d, launch, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -40,7 +40,7 @@ def gather(x, source):
     n = int(out.shape[0]) * int(out.shape[1])
     if n:
         t = threads()
-        _gather[grid_1d(n, t), t, op_stream()](x, source, out)
+        launch(_gather, grid_1d(n, t), t)(x, source, out)
     return out
 
 
@@ -49,5 +49,5 @@ def scatter_sum(dxp, order, starts, M):
     n = int(dx.shape[0]) * M
     if n:
         t = threads()
-        _scatter_sum[grid_1d(n, t), t, op_stream()](dxp, order, starts, dx)
+        launch(_scatter_sum, grid_1d(n, t), t)(dxp, order, starts, dx)
     return dx

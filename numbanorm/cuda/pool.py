@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._shapes import avg_pool_divisor
-from ._common import device_array, float_signatures, grid_1d, op_stream, threads
+from ._common import device_array, float_signatures, grid_1d, launch, threads
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -100,7 +100,7 @@ def _launch(kernel, shape, *args):
         n *= int(d)
     if n:
         t = threads()
-        kernel[grid_1d(n, t), t, op_stream()](*args)
+        launch(kernel, grid_1d(n, t), t)(*args)
 
 
 _PLACEHOLDER = {}

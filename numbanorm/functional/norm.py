@@ -119,6 +119,8 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     unbiased variance var * K / (K - 1) for running_var) and every position is normalized
     with them; fewer than 2 selected values is a ValueError. In eval the mask changes nothing.
     The backward is the exact gradient of that function (see masked_channel_norm.backward_from_sums).
+    On the GPU a training mask costs host copies on the op's stream (the mask, to check the count
+    before anything changes, and the statistics for the running update): it waits for the stream.
     """
     if _is_half(x):
         return _half(lambda *a: batch_norm(*a, training, momentum, eps, mask), x,
