@@ -192,3 +192,26 @@ def test_numba_array_bound_to_a_stream(kernel_launches):
     with ncuda.stream(t):
         F.layer_norm(x, 5)
     assert kernel_launches and all(st is t for _, st in kernel_launches)
+
+
+def test_launch_configurations_are_built_once_per_key(monkeypatch):
+    """The real-GPU path of _common.launch (the simulator configures its kernel objects in
+    place, so there every call configures afresh): one configuration per (kernel, grid, block,
+    stream, shared bytes), built by kernel[...] once and reused."""
+    built = []
+
+    class Kernel:
+        def __getitem__(self, configuration):
+            built.append(configuration)
+            return object()
+
+    monkeypatch.setattr(_common, "_SIMULATOR", False)
+    monkeypatch.setattr(_common, "_LAUNCHES", {})
+    k, s = Kernel(), cuda.stream()
+    with ncuda.stream(0):
+        first = _common.launch(k, 4, 32)
+        assert _common.launch(k, 4, 32) is first
+        assert _common.launch(k, 4, 32, 256) is not first
+    with ncuda.stream(s):
+        assert _common.launch(k, 4, 32) is not first
+    assert built == [(4, 32, 0, 0), (4, 32, 0, 256), (4, 32, s, 0)]

@@ -4,198 +4,31 @@ Shape legend: x is a C-contiguous (N, C, S) device array, S = prod(spatial) (1 f
 Statistics are reduced per channel over the L = N * S values of a channel; all statistics
 and parameter gradients are float64 (C,) device arrays. Same formulas as numbanorm.cpu.
 
-Two-stage reduction (no float atomics, deterministic):
-  1. partial blocks: channel c is cut into P chunks, P chosen from the shape and config so
-     that about config.TARGET_BLOCKS blocks run even when C is small; each block writes
-     partial sums p1[c, p], p2[c, p]. Layouts:
-       plane   (S > 1, or C < 32): a block walks its chunk of (n, s) with consecutive threads
-               on consecutive s (coalesced), then reduces in shared memory / warp shuffles;
-       column  (S == 1 and C >= 32): consecutive threads take consecutive channels of a row
-               (coalesced) and each sums its column over a chunk of rows.
+Two-stage reduction (no float atomics, deterministic; numbanorm.cuda.channel_reduce):
+  1. partial blocks write per-(channel, chunk) sums p1[c, p], p2[c, p];
   2. one thread per channel sums its P partials in order and computes what the next pass
      needs (mean, rstd, scale/offset, running-stat update, or the backward coefficients).
-A forward in training is 3 launches (partials, coefficients, affine); a backward 4.
-
-Partial modes: 0 = shifted stats of x: p1 = sum(x - x[0, c, 0]), p2 = sum((x - x[0, c, 0])^2);
-1 = backward sums: p1 = sum(dy), p2 = sum(dy * (x - mean[k])); 2 = as 1 with p2 scaled by
-rstd[k]. The statistic index is k = n * nstride + c // Cg (nstride = 0, Cg = 1 for BatchNorm;
-the row-norm backward uses nstride = G to get per-(sample, group) statistics).
+A forward in training is 3 launches (partials, coefficients, affine); a backward 3 (partials,
+coefficients, dx).
 """
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float64
 
-from . import config
-from ._common import (block_sum2, cdiv, device_array, flat, float_signatures, grid_1d, launch,
-                      shared_bytes, threads)
+from ._common import cdiv, device_array, flat, float_signatures, grid_1d, launch, threads
+from .channel_reduce import merge, partial_sums, sum_row
 
-COLUMN_MIN_C = 32  # (N, C) input with at least this many channels uses the column layout
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
-
-
-# ---------------------------------------------------------------- stage 1: partial sums
-
-@cuda.jit(device=True)
-def cdiv_dev(a, b):
-    return (a + b - 1) // b
-
-
-@cuda.jit
-def _plane_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
-    """Block b = c * P + p reduces values i in [p*chunk, (p+1)*chunk) of channel c (i = n*S + s)."""
-    N, C, S = x.shape
-    P = p1.shape[1]
-    sh = cuda.shared.array(0, float64)
-    tid = cuda.threadIdx.x
-    T = cuda.blockDim.x
-    c = cuda.blockIdx.x // P
-    p = cuda.blockIdx.x % P
-    i0 = p * chunk
-    i1 = min(N * S, i0 + chunk)
-    a1 = 0.0
-    a2 = 0.0
-    if mode == 0:
-        shift = float64(x[0, c, 0])
-        for i in range(i0 + tid, i1, T):
-            n = i // S
-            s = i - n * S
-            d = float64(x[n, c, s]) - shift
-            a1 += d
-            a2 += d * d
-    else:
-        g0 = c // Cg
-        for i in range(i0 + tid, i1, T):
-            n = i // S
-            s = i - n * S
-            k = n * nstride + g0
-            g = float64(dy[n, c, s])
-            t = g * (float64(x[n, c, s]) - mean[k])
-            if mode == 2:
-                t *= rstd[k]
-            a1 += g
-            a2 += t
-    a1, a2 = block_sum2(a1, a2, sh)
-    if tid == 0:
-        p1[c, p] = a1
-        p2[c, p] = a2
-
-
-KERNEL_SIGNATURES["_plane_partials"] = float_signatures(
-    "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
-    "float64[:, ::1], float64[:, ::1]")
-
-
-@cuda.jit
-def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
-    """S == 1: thread (column block cb, chunk p) sums channel c over rows [p*chunk, (p+1)*chunk)."""
-    N, C, _ = x.shape
-    ncb = cdiv_dev(C, cuda.blockDim.x)
-    cb = cuda.blockIdx.x % ncb
-    p = cuda.blockIdx.x // ncb
-    c = cb * cuda.blockDim.x + cuda.threadIdx.x
-    if c >= C:
-        return
-    a1 = 0.0
-    a2 = 0.0
-    n1 = min(N, (p + 1) * chunk)
-    if mode == 0:
-        shift = float64(x[0, c, 0])
-        for n in range(p * chunk, n1):
-            d = float64(x[n, c, 0]) - shift
-            a1 += d
-            a2 += d * d
-    else:
-        g0 = c // Cg
-        for n in range(p * chunk, n1):
-            k = n * nstride + g0
-            g = float64(dy[n, c, 0])
-            t = g * (float64(x[n, c, 0]) - mean[k])
-            if mode == 2:
-                t *= rstd[k]
-            a1 += g
-            a2 += t
-    p1[c, p] = a1
-    p2[c, p] = a2
-
-
-KERNEL_SIGNATURES["_column_partials"] = float_signatures(
-    "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
-    "float64[:, ::1], float64[:, ::1]")
-
-
-@functools.lru_cache(maxsize=256)
-def _partial_plan(N, C, S, t, items, target_blocks):
-    """(column layout?, blocks, P, chunk, shared bytes) of stage 1 (cached per shape and config)."""
-    if S == 1 and C >= COLUMN_MIN_C:
-        ncb = cdiv(C, t)
-        P = max(1, min(cdiv(N, items), cdiv(target_blocks, ncb)))
-        chunk = cdiv(N, P)
-        P = cdiv(N, chunk)
-        return True, ncb * P, P, chunk, 0
-    L = N * S
-    P = max(1, min(cdiv(L, t * items), cdiv(target_blocks, C)))
-    chunk = cdiv(L, P)
-    P = cdiv(L, chunk)
-    return False, C * P, P, chunk, shared_bytes(t)
-
-
-def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
-    """Stage 1 for any mode: returns the (C, P) float64 partial arrays (p1, p2)."""
-    N, C, S = x.shape
-    t = threads()
-    column, grid, P, chunk, shmem = _partial_plan(N, C, S, t, max(1, int(config.ITEMS_PER_THREAD)),
-                                                  int(config.TARGET_BLOCKS))
-    kernel = _column_partials if column else _plane_partials
-    p1 = device_array((C, P), np.float64)
-    p2 = device_array((C, P), np.float64)
-    dy = x if dy is None else dy
-    mean = p1.reshape(C * P) if mean is None else mean  # unused in mode 0
-    rstd = mean if rstd is None else rstd
-    launch(kernel, grid, t, shmem)(x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
-    return p1, p2
-
-
-# ---------------------------------------------------------------- stage 2: merges
-
-@cuda.jit(device=True)
-def _sum_row(p, c):
-    s = 0.0
-    for j in range(p.shape[1]):
-        s += p[c, j]
-    return s
-
-
-@cuda.jit
-def _merge(p1, p2, out1, out2):
-    c = cuda.grid(1)
-    if c < out1.shape[0]:
-        out1[c] = _sum_row(p1, c)
-        out2[c] = _sum_row(p2, c)
-
-
-KERNEL_SIGNATURES["_merge"] = float_signatures(
-    "float64[:, ::1], float64[:, ::1], float64[::1], float64[::1]")
-
-
-def merge(p1, p2):
-    """Sum (C, P) partials over P in order -> two float64 (C,) arrays."""
-    C = p1.shape[0]
-    out1 = device_array(C, np.float64)
-    out2 = device_array(C, np.float64)
-    t = threads()
-    launch(_merge, cdiv(C, t), t)(p1, p2, out1, out2)
-    return out1, out2
 
 
 @cuda.jit
 def _stats(p1, p2, x, count, mean, var):
     c = cuda.grid(1)
     if c < mean.shape[0]:
-        d = _sum_row(p1, c) / count
+        d = sum_row(p1, c) / count
         mean[c] = float64(x[0, c, 0]) + d
-        var[c] = max(_sum_row(p2, c) / count - d * d, 0.0)
+        var[c] = max(sum_row(p2, c) / count - d * d, 0.0)
 
 
 KERNEL_SIGNATURES["_stats"] = float_signatures(
@@ -217,7 +50,7 @@ def stats(x):
     return mean, var
 
 
-TRAINING, HAS_RUNNING, HAS_WEIGHT, HAS_BIAS = 1, 2, 4, 8  # _forward_coeffs' flags
+TRAINING, HAS_RUNNING, HAS_WEIGHT, HAS_BIAS = 1, 2, 4, 8  # the coefficient kernels' flags
 
 
 @cuda.jit
@@ -234,9 +67,9 @@ def _forward_coeffs(p1, p2, x, count, flags, eps, momentum, running_mean, runnin
     has_weight = (flags & HAS_WEIGHT) != 0
     has_bias = (flags & HAS_BIAS) != 0
     if training:
-        d = _sum_row(p1, c) / count
+        d = sum_row(p1, c) / count
         m = float64(x[0, c, 0]) + d
-        v = max(_sum_row(p2, c) / count - d * d, 0.0)
+        v = max(sum_row(p2, c) / count - d * d, 0.0)
         if has_running:
             running_mean[c] = running_mean[c] * (1.0 - momentum) + momentum * m
             running_var[c] = running_var[c] * (1.0 - momentum) + momentum * v * (count / (count - 1.0))
@@ -316,28 +149,31 @@ def backward_sums(x, dy, mean):
 
 
 @cuda.jit
-def _backward_coeffs(sum_dy, sum_dy_xmu, rstd, weight, has_weight, training, count,
-                     dweight, dbias, a, b, d):
+def _backward_coeffs(p_dy, p_dy_xmu, rstd, weight, flags, count, dweight, dbias, a, b, d):
     """dx = a*dy + b*(x - mean) + d with k = w*rstd: a = k, b = -k*rstd^2*sum_dy_xmu/count,
-    d = -k*sum_dy/count (b = d = 0 when the statistics were constants)."""
+    d = -k*sum_dy/count (b = d = 0 when the statistics were constants). The sums are those
+    of the (C, P) partials p_dy, p_dy_xmu, added in order here (P = 1 for given sums).
+    flags: TRAINING | HAS_WEIGHT."""
     c = cuda.grid(1)
     if c >= rstd.shape[0]:
         return
+    sum_dy = sum_row(p_dy, c)
+    sum_dy_xmu = sum_row(p_dy_xmu, c)
     rs = rstd[c]
-    dweight[c] = sum_dy_xmu[c] * rs
-    dbias[c] = sum_dy[c]
-    k = rs * weight[c] if has_weight else rs
+    dweight[c] = sum_dy_xmu * rs
+    dbias[c] = sum_dy
+    k = rs * weight[c] if (flags & HAS_WEIGHT) != 0 else rs
     a[c] = k
-    if training:
-        b[c] = -k * rs * rs * sum_dy_xmu[c] / count
-        d[c] = -k * sum_dy[c] / count
+    if (flags & TRAINING) != 0:
+        b[c] = -k * rs * rs * sum_dy_xmu / count
+        d[c] = -k * sum_dy / count
     else:
         b[c] = 0.0
         d[c] = 0.0
 
 
 KERNEL_SIGNATURES["_backward_coeffs"] = float_signatures(
-    "float64[::1], float64[::1], float64[::1], {f}[::1], boolean, boolean, float64, "
+    "float64[:, ::1], float64[:, ::1], float64[::1], {f}[::1], int64, float64, "
     "float64[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
 
 
@@ -369,11 +205,18 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
         dx = w*rstd * (dy - sum_dy/count - (x - mean)*rstd^2 * sum_dy_xmu/count);
     otherwise they were constants: dx = w*rstd*dy.
     """
+    C = rstd.shape[0]
+    return _backward(x, dy, mean, rstd, weight, training, sum_dy.reshape(C, 1),
+                     sum_dy_xmu.reshape(C, 1), count)
+
+
+def _backward(x, dy, mean, rstd, weight, training, p_dy, p_dy_xmu, count):
+    """backward_from_sums with the sums given as (C, P) partials."""
     N, C, S = x.shape
     t = threads()
     dx = device_array(x.shape, x.dtype)
-    dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training,
-                                                    count, flat(dx)[:C])
+    dweight, dbias, a, b, d = _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count,
+                                            flat(dx)[:C])
     launch(_backward_dx, grid_1d(N * C * S, t), t)(x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
 
@@ -383,16 +226,24 @@ def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, pla
     (see _backward_coeffs). placeholder: a (C,) array of the data dtype standing in for an
     absent weight (one kernel signature per dtype)."""
     C = rstd.shape[0]
+    return _coefficients(sum_dy.reshape(C, 1), sum_dy_xmu.reshape(C, 1), rstd, weight, training,
+                         count, placeholder)
+
+
+def _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count, placeholder):
+    C = rstd.shape[0]
     t = threads()
     dweight, dbias, a, b, d = (device_array(C, np.float64) for _ in range(5))
-    launch(_backward_coeffs, cdiv(C, t), t)(sum_dy, sum_dy_xmu, rstd,
-                                    weight if weight is not None else placeholder, weight is not None,
-                                    bool(training), float(count), dweight, dbias, a, b, d)
+    flags = (TRAINING if training else 0) | (HAS_WEIGHT if weight is not None else 0)
+    launch(_backward_coeffs, cdiv(C, t), t)(p_dy, p_dy_xmu, rstd,
+                                            weight if weight is not None else placeholder, flags,
+                                            float(count), dweight, dbias, a, b, d)
     return dweight, dbias, a, b, d
 
 
 def backward(x, dy, mean, rstd, weight, training):
-    """BatchNorm backward on (N, C, S) device arrays -> (dx, dweight, dbias), grads float64 (C,)."""
+    """BatchNorm backward on (N, C, S) device arrays -> (dx, dweight, dbias), grads float64 (C,).
+    Three launches: the partial sums, the coefficients (merging the partials), dx."""
     N, C, S = x.shape
-    sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
-    return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
+    p_dy, p_dy_xmu = partial_sums(x, dy, mean, None, 0, 1, 1)
+    return _backward(x, dy, mean, rstd, weight, training, p_dy, p_dy_xmu, N * S)

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from . import channel_norm, config
+from . import channel_reduce, config
 from ._common import (block_sum2, cdiv, device_array, float_signatures, launch, shared_bytes,
                       threads)
 
@@ -160,8 +160,8 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     N = R // G
     x3 = x.reshape(N, G * Cg, S)
     dy3 = dy.reshape(N, G * Cg, S)
-    p1, p2 = channel_norm.partial_sums(x3, dy3, mean, rstd, G, Cg, 2)
-    dbias, dweight = channel_norm.merge(p1, p2)
+    p1, p2 = channel_reduce.partial_sums(x3, dy3, mean, rstd, G, Cg, 2)
+    dbias, dweight = channel_reduce.merge(p1, p2)
     return dx, dweight, dbias
 
 
