@@ -36,6 +36,8 @@ def is_contiguous(a):
 def cast(a, dtype):
     """a converted to dtype (no copy when it has it already; a new array keeps a's memory
     order when that is C or channels-last)."""
+    if a.dtype == dtype:
+        return a
     dtype = np.dtype(dtype)
     if a.dtype == dtype or not half.converts(a.dtype, dtype):
         return a.astype(dtype, copy=False)

@@ -91,14 +91,17 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
     """
     be, a = _backend.select(x=x, weight=weight, bias=bias,
                             running_mean=running_mean, running_var=running_var)
-    x = a["x"]
+    x, weight, bias, running_mean, running_var = a.values()
     dtype = check.float_array("x", x, dtypes)
     check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        check.param(name, a[name], (C,), dtype)
-    check.running_pair(a["running_mean"], a["running_var"])
-    return (be, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], dtype,
+    shape = (C,)
+    check.param("weight", weight, shape, dtype)
+    check.param("bias", bias, shape, dtype)
+    check.param("running_mean", running_mean, shape, dtype)
+    check.param("running_var", running_var, shape, dtype)
+    check.running_pair(running_mean, running_var)
+    return (be, x, weight, bias, running_mean, running_var, dtype,
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
 
 
@@ -139,7 +142,8 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
             f"Expected more than 1 value per channel when training, got x of shape "
             f"{tuple(x.shape)} (N={N}, spatial size={S})"
         )
-    training = bool(training)
+    training = training is True or bool(training)
+    shape = tuple(x.shape)
     if N * C * S == 0:
         return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
     channels_last = _is_channels_last(be, x)
@@ -149,13 +153,12 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
         x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
                                              running_mean, running_var, momentum)
-    saved = Saved(op="channel", backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
-                  mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
-                  has_bias=bias is not None, param_shape=(C,), training=training,
-                  channels_last=channels_last)
+    saved = Saved("channel", be, shape, dtype, family="channel", x=x3, mean=mean, rstd=rstd,
+                  weight=weight, has_weight=weight is not None, has_bias=bias is not None,
+                  param_shape=(C,), training=training, channels_last=channels_last)
     if channels_last:
-        return _from_channels_last(y3, saved.shape), saved
-    return y3.reshape(tuple(x.shape)), saved
+        return _from_channels_last(y3, shape), saved
+    return y3.reshape(shape), saved
 
 
 def batch_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -224,16 +227,16 @@ def _constant(be, shape, value, dtype):
 
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
-    C = G * Cg
-    w = weight if weight is not None else _constant(be, (C,), 1.0, dtype)
-    b = bias if bias is not None else _constant(be, (C,), 0.0, dtype)
+    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, dtype)
+    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, dtype)
     x2 = be.contiguous(x).reshape(N * G, Cg * S)
     y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
-    saved = Saved(op="row", backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
-                  rstd=rstd, weight=w, has_weight=weight is not None, has_bias=bias is not None,
+    shape = tuple(x.shape)
+    saved = Saved("row", be, shape, dtype, family="row", x=x2, mean=mean, rstd=rstd, weight=w,
+                  has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
                   spatial=S)
-    return y2.reshape(tuple(x.shape)), saved
+    return y2.reshape(shape), saved
 
 
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
@@ -243,22 +246,31 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
         return _half(lambda x, w, b: layer_norm(x, normalized_shape, w, b, eps), x,
                      dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
+    x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
     shape = check.normalized_shape(normalized_shape)
-    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
+    x_shape = tuple(x.shape)
+    lead = len(x_shape) - len(shape)
+    if lead < 0 or x_shape[lead:] != shape:
         raise ValueError(
-            f"x's trailing dims must equal normalized_shape {shape}, got x of shape {tuple(x.shape)}"
+            f"x's trailing dims must equal normalized_shape {shape}, got x of shape {x_shape}"
         )
     check.param("weight", weight, shape, dtype)
     check.param("bias", bias, shape, dtype)
     eps = check.eps(eps)
     M = prod(shape)
-    R = prod(x.shape[: len(x.shape) - len(shape)])
+    R = prod(x_shape[:lead])
     if R * M == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, shape)
-    flat = lambda p: None if p is None else be.contiguous(p).reshape(M)
-    return _row_forward(be, x, dtype, flat(weight), flat(bias), eps, R, 1, M, 1, shape)
+    return _row_forward(be, x, dtype, _flat(be, weight, M), _flat(be, bias, M), eps, R, 1, M, 1,
+                        shape)
+
+
+def _flat(be, p, M):
+    """A LayerNorm parameter as a contiguous (M,) array (None stays None)."""
+    if p is None or (len(p.shape) == 1 and be.is_contiguous(p)):
+        return p
+    return be.contiguous(p).reshape(M)
 
 
 def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -280,7 +292,7 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
         return _half(lambda x, w, b: group_norm(x, num_groups, w, b, eps), x,
                      dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
+    x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
     check.min_ndim("x", x, 2, "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
@@ -347,7 +359,7 @@ def instance_norm_backward(dy: Array, saved: Saved) -> Grads:
     forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
     for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
     call can be corrected and retried."""
-    return _backward(dy, saved, getattr(saved, "family", "row"))
+    return _backward(dy, saved, getattr(saved, "family", None) or "row")
 
 
 # ---------------------------------------------------------------- shared backward
