@@ -285,23 +285,36 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     Otherwise normalize with running_mean / running_var.
     Returns (y, mean, rstd) with float64 (C,) statistics used for the normalization.
     """
-    N, C, S = x.shape
+    y = _memory.empty_like(x)
     if training:
-        y = _memory.empty_like(x)
         mean, rstd = _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
-                                    *_task_grid(N, C, S), y, serial(x))
-        return y, mean, rstd
+                                    *_task_grid(*x.shape), y, serial(x))
     else:
-        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-        coefficients = _forward_coefficients(mean, mean, var, 0, eps, weight, bias, None, None, 0.0)
-    mean, rstd, scale, offset = coefficients
-    return affine(x, mean, scale, offset), mean, rstd
+        mean, rstd = _eval_forward(x, weight, bias, eps, running_mean, running_var, y, serial(x))
+    return y, mean, rstd
 
 
 # parallel=True although it has no prange of its own: a cached non-parallel function calling
 # parallel ones segfaults when loaded from the cache (numba issue #8578). Numba then warns that
-# nothing was parallelised; that warning, for these two functions only, is expected.
-warnings.filterwarnings("ignore", r"(?s).*def _train_(forward|backward)\(", NumbaPerformanceWarning)
+# nothing was parallelised; that warning, for these functions only, is expected.
+warnings.filterwarnings("ignore", r"(?s).*def _(train|eval)_(forward|backward)\(",
+                        NumbaPerformanceWarning)
+
+
+@njit(parallel=True, cache=True)
+def _eval_forward(x, weight, bias, eps, running_mean, running_var, y, serial):
+    """The eval forward in one compiled call: y = (x - running_mean) * scale + offset.
+    Returns (mean, rstd), float64 (C,)."""
+    C = x.shape[1]
+    mean = np.empty(C)
+    var = np.empty(C)
+    for c in range(C):
+        mean[c] = running_mean[c]
+        var[c] = running_var[c]
+    mean, rstd, scale, offset = _forward_coefficients(mean, mean, var, 0, eps, weight, bias,
+                                                      None, None, 0.0)
+    _affine(x, mean, scale, offset, y, serial)
+    return mean, rstd
 
 
 @njit(parallel=True, cache=True)
