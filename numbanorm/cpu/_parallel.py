@@ -13,6 +13,10 @@ that runs the tasks either on the calling thread (`range`) or on the thread pool
 The serial branch never wakes the pool: for small inputs that wake-up costs more than a second
 core saves (microseconds on an idle machine, milliseconds on a busy one). Both branches run
 the same tasks with the same partial sums, so they give the same bits.
+
+Whether the task is inlined (`inline="always"`) or a plain `@njit` call is measured per
+kernel: row_norm's forward task runs 2x faster as a plain call (LayerNorm 32x64: 1.0 against
+2.1 us per call), its backward task faster inlined.
 """
 
 # reassoc lets LLVM vectorise the reductions (float64 sums of float32 data stay bandwidth-bound);

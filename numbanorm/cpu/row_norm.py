@@ -71,7 +71,7 @@ def _normalize_row(r, x, weight, bias, G, Cg, S, y, m, rs):
                 yv[j] = (xv[j] - m_x) * a_x + b_x
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)
 def _forward_task(t, rows_per_task, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
     """Rows [t * rows_per_task, (t + 1) * rows_per_task): the statistics of every row, then
     every row normalized (the task's rows, at most TASK_SIZE elements, are still in cache).
