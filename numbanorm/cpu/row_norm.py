@@ -200,16 +200,14 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, serial):
-    """dx into dx; returns (dweight, dbias) in weight's dtype, summed in float64 in task order."""
+def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, dweight, dbias, serial):
+    """dx, and dweight/dbias (weight's dtype, summed in float64 in task order) written."""
     R, M = x.shape
     C = G * Cg
     rows_per_task = max(TASK_SIZE // M, -(-R // MAX_BACKWARD_TASKS), 1)
     T = -(-R // rows_per_task)
     part_dw = np.empty((T, C))
     part_db = np.empty((T, C))
-    dweight = np.empty(C, weight.dtype)
-    dbias = np.empty(C, weight.dtype)
     if serial:
         for t in range(T):
             _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db)
@@ -220,7 +218,6 @@ def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, serial):
         for k in prange(-(-C // MERGE_COLUMNS)):
             _merge_columns(k * MERGE_COLUMNS, min(C, (k + 1) * MERGE_COLUMNS), part_dw, part_db,
                            dweight, dbias)
-    return dweight, dbias
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -245,7 +242,9 @@ def _merge_columns(c0, c1, part_dw, part_db, dweight, dbias):
 def backward(x, dy, mean, rstd, weight, G, Cg, S):
     """Row-norm backward -> (dx, dweight, dbias); dweight/dbias of weight's dtype, shape (G*Cg,)."""
     dx = _memory.empty_like(x)
-    dweight, dbias = _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, x.size < SERIAL_BELOW)
+    dweight = np.empty(G * Cg, weight.dtype)  # allocated here: cheaper than returned arrays
+    dbias = np.empty(G * Cg, weight.dtype)
+    _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, dweight, dbias, x.size < SERIAL_BELOW)
     return dx, dweight, dbias
 
 
