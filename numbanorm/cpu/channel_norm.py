@@ -371,12 +371,14 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
 
 
 def backward(x, dy, mean, rstd, weight, training):
-    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads float64 (C,)."""
+    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads (C,) of weight's
+    dtype (x's when weight is None), as row_norm.backward: summed in float64, rounded once."""
     N, C, S = x.shape
+    grad_dtype = x.dtype if weight is None else weight.dtype
     if training or S > 1:
         dx = _memory.empty_like(x)
-        dweight = np.empty(C)  # allocated here: cheaper than arrays returned by compiled code
-        dbias = np.empty(C)
+        dweight = np.empty(C, grad_dtype)  # allocated here: cheaper than returned arrays
+        dbias = np.empty(C, grad_dtype)
         if training:
             _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx, dweight, dbias,
                             serial(x))
@@ -384,7 +386,9 @@ def backward(x, dy, mean, rstd, weight, training):
             _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial(x))
         return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
-    return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
+    dx, dweight, dbias = backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy,
+                                            sum_dy_xmu, N * S)
+    return dx, dweight.astype(grad_dtype), dbias.astype(grad_dtype)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -408,8 +412,8 @@ def _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial):
     """The eval-mode backward of an (N, C, S > 1) array in one pass over (x, dy): the statistics
-    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias (float64 (C,),
-    written) are taken in the same pass and merged in plane order."""
+    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias ((C,), written)
+    are taken in the same pass in float64 and merged in plane order."""
     N, C, S = x.shape
     mean_x = np.empty(C, x.dtype)
     a_x = np.empty(C, x.dtype)
@@ -437,7 +441,8 @@ def _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial):
 
 @njit(parallel=True, cache=True)  # parallel=True: see _train_forward
 def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, dweight, dbias, serial):
-    """The training backward in one compiled call: dx, dweight, dbias written."""
+    """The training backward in one compiled call: dx, dweight, dbias written (the float64
+    sums rounded to their dtype)."""
     N, C, S = x.shape
     sum_dy, sum_dy_xmu = _channel_sums(x, mean, dy, True, samples, spatial, serial)
     a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
