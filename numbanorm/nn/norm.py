@@ -29,13 +29,16 @@ class _Norm(OpModule):
         """dx of functional_backward(dy, saved) -> (dx, dweight, dbias); consumes the saved
         state and accumulates weight.grad / bias.grad only when it succeeds."""
         saved = self._pending()
+        weight, bias = self.weight, self.bias
         # a frozen parameter's gradient is neither returned nor, where avoidable, computed
-        saved.has_weight = saved.has_weight and wants_grad(self.weight)
-        saved.has_bias = saved.has_bias and wants_grad(self.bias)
+        saved.has_weight = saved.has_weight and wants_grad(weight)
+        saved.has_bias = saved.has_bias and wants_grad(bias)
         dx, dweight, dbias = functional_backward(dy, saved)
         self._release()
-        self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
-        self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
+        if dweight is not None:
+            self._accumulate_grad(weight, dweight)
+        if dbias is not None:
+            self._accumulate_grad(bias, dbias)
         return dx
 
     def _check_input(self, x):
