@@ -491,8 +491,12 @@ def test_cnn_kernels_bitwise_same_for_any_thread_count():
     w = RNG.standard_normal((32, 16, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(32).astype(np.float32)
     big = RNG.standard_normal(300001).astype(np.float32)
+    xl = RNG.standard_normal((65, 301)).astype(np.float32)  # above _blas.SPLIT_ABOVE, odd rows
+    wl = RNG.standard_normal((97, 301)).astype(np.float32)
 
     def run():
+        yl, sl = F.linear(xl, wl)
+        linear = [yl, *F.linear_backward(np.sin(yl), sl)[:2]]
         y, sc = F.conv2d(x, w, b, padding=1)
         r, sr = F.relu(y)
         p, sp = F.max_pool2d(r, 2)
@@ -500,7 +504,7 @@ def test_cnn_kernels_bitwise_same_for_any_thread_count():
         dx, dw, db = F.conv2d_backward(F.relu_backward(F.max_pool2d_backward(dp, sp), sr), sc)
         wp, buf = big.copy(), big[::-1].copy()
         F.sgd_step(wp, big * 0.5, buf, 0.1, 0.9, 0.0, 0.0, False, False)
-        return [y, r, p, dx, dw, db, wp, buf]
+        return [y, r, p, dx, dw, db, wp, buf] + linear
 
     original = numba.get_num_threads()
     try:
@@ -538,6 +542,28 @@ def test_batched_gemm_on_numba_pool_matches_numpy(dtype):
     out = np.full((n, m, p), np.nan, dtype)
     strided = r.standard_normal((n, m, 2 * k)).astype(dtype)[:, :, ::2]
     assert not _cblas.batched(strided, cases[0][1].astype(dtype), out)
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_rows_gemm_matches_numpy(dtype):
+    """numbanorm/cpu/_cblas.py split_rows (a 2-D product in two row halves on Numba's pool): the
+    products linear makes (row-major and transposed operands, odd and single-row counts) agree
+    with NumPy; False (untouched) for a layout BLAS cannot read."""
+    from numbanorm.cpu import _cblas
+
+    r = np.random.default_rng(6)
+    if not _cblas.split_rows(np.ones((2, 2), dtype), np.ones((2, 2), dtype), np.empty((2, 2), dtype)):
+        pytest.skip("NumPy's bundled OpenBLAS (numpy.libs) not found: the NumPy path is used")
+    for m, k, n in ((7, 13, 5), (1, 4, 3), (64, 33, 17)):
+        for a, b in ((r.standard_normal((m, k)), r.standard_normal((k, n))),
+                     (r.standard_normal((k, m)).T, r.standard_normal((n, k)).T)):
+            a, b = a.astype(dtype), b.astype(dtype)
+            out = np.full((m, n), np.nan, dtype)
+            assert _cblas.split_rows(a, b, out)
+            np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    out = np.full((4, 3), np.nan, dtype)
+    assert not _cblas.split_rows(np.ones((4, 10), dtype)[:, ::2], np.ones((5, 3), dtype), out)
     assert np.isnan(out).all()
 
 

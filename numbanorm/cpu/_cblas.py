@@ -52,6 +52,7 @@ def _load():
         fn.restype = None
         kernels[dtype] = _make_kernel(fn, dtype.type)
     _kernels["gemm"] = {dtype: fn for dtype, (fn, _) in fns.items()}
+    _kernels["rows"] = {dtype: _make_rows_kernel(fn, dtype.type) for dtype, (fn, _) in fns.items()}
     return kernels
 
 
@@ -63,6 +64,19 @@ def _make_kernel(gemm, scalar):
             for n in range(t * half, half if t == 0 else nb):
                 gemm(_ROW_MAJOR, ta, tb, M, N, K, scalar(1.0), pa + n * sa, lda, pb + n * sb, ldb,
                      scalar(0.0), pc + n * sc, ldc)
+    return kernel
+
+
+def _make_rows_kernel(gemm, scalar):
+    @njit(parallel=True)
+    def kernel(pa, ta, lda, row_a, pb, tb, ldb, pc, ldc, row_c, M, N, K):
+        half = M // 2
+        for t in prange(2):  # rows [0, half) and [half, M): fixed, whatever the thread count
+            r0 = 0 if t == 0 else half
+            r1 = half if t == 0 else M
+            if r1 > r0:
+                gemm(_ROW_MAJOR, ta, tb, r1 - r0, N, K, scalar(1.0), pa + r0 * row_a, lda, pb, ldb,
+                     scalar(0.0), pc + r0 * row_c, ldc)
     return kernel
 
 
@@ -97,4 +111,28 @@ def batched(a, b, out):
     if da is None or db is None:
         return False
     kernel(*da, *db, out.ctypes.data, out.strides[0], out.strides[1] // out.itemsize, nb, M, N, K)
+    return True
+
+
+def split_rows(a, b, out):
+    """out = a @ b for 2-D operands, the rows of a and out in two fixed halves on Numba's pool
+    (True), or False (nothing done) where the layout or the library does not allow it.
+    out (M, N) C-contiguous; a (M, K) and b (K, N), each row-major or a transposed view."""
+    if "kernels" not in _kernels:
+        _kernels["kernels"] = _load()
+    kernel = _kernels.get("rows", {}).get(out.dtype)
+    if (kernel is None or out.ndim != 2 or a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous
+            or a.dtype != out.dtype or b.dtype != out.dtype):
+        return False
+    (M, N), K = out.shape, a.shape[1]
+    if a.shape[0] != M or b.shape != (K, N) or min(M, N, K) == 0:
+        return False
+    da, db = _operand(a, M, K), _operand(b, K, N)
+    if da is None or db is None:
+        return False
+    pa, _, ta, lda = da
+    pb, _, tb, ldb = db
+    item = out.itemsize
+    row_a = (lda if ta == _NO_TRANS else 1) * item
+    kernel(pa, ta, lda, row_a, pb, tb, ldb, out.ctypes.data, N, N * item, M, N, K)
     return True
