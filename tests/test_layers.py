@@ -570,14 +570,14 @@ def test_split_rows_gemm_matches_numpy(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv2d_fused_stride1_path_matches_generic(dtype, monkeypatch):
     """G == 1 and stride 1 take the fused per-sample kernels (numbanorm/cpu/conv.py
-    _fused_kernels: wide columns in cache, x kept instead of cols); they agree with the generic
-    im2col + batched gemm path (forced here) on y, dx, dweight and dbias, for an odd batch
+    _fused_forward / _fused_backward: wide columns in cache, x kept instead of cols); they agree
+    with the generic im2col + batched gemm path (forced here) on y, dx, dweight and dbias, for an odd batch
     (unequal halves), padding, dilation, rectangular and 1x1 kernels, and with input_grad or
     weight_grad off."""
     from numbanorm import functional as F
     from numbanorm.cpu import conv as cpu_conv
 
-    if cpu_conv._fused_kernels(np.dtype(dtype)) is None:
+    if not cpu_conv._cblas.AVAILABLE:
         pytest.skip("NumPy's bundled OpenBLAS (numpy.libs) not found: the generic path is used")
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     x = RNG.standard_normal((5, 3, 11, 9)).astype(dtype)
@@ -588,7 +588,7 @@ def test_conv2d_fused_stride1_path_matches_generic(dtype, monkeypatch):
         results = []
         for fused in (True, False):
             if not fused:
-                monkeypatch.setattr(cpu_conv, "_fused_kernels", lambda dtype: None)
+                monkeypatch.setattr(cpu_conv._cblas, "AVAILABLE", False)
             y, saved = F.conv2d(x, w, b, **kw)
             assert (saved.kept is x) == fused
             dy = np.cos(np.arange(y.size)).reshape(y.shape).astype(dtype)

@@ -81,7 +81,7 @@ def matmul(a, b, out):
 
 
 def one_blas_thread():
-    """Context for callers running BLAS themselves (e.g. from Numba, _cblas.gemm_function):
+    """Context for callers running BLAS themselves (e.g. Numba kernels calling _cblas.gemm):
     the loaded BLAS libraries on one thread inside, their own setting again after."""
     return _OneBlasThread()
 

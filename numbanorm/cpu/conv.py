@@ -9,7 +9,7 @@ P = OH * OW, K = C * KH * KW (Kg = K / G per group, Og = O / G).
   y[n] = [weight | bias] @ cols[n] also adds the bias.
 Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in ascending order);
   dcols = weight[g].T @ dy[n, g]; col2im adds dcols back into dx, one task per (n, c) plane.
-G == 1 with stride 1 (the usual CNN layer) takes fused kernels instead (_fused_kernels): per
+G == 1 with stride 1 (the usual CNN layer) takes fused kernels instead (_fused_forward, _fused_backward): per
 sample, its columns are built in cache in a "wide" layout and fed straight to BLAS, so the
 (N, K, P) cols are never written to memory and the forward keeps x, not cols, for the backward.
 """
@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from .._shapes import conv_dims
 from . import _blas, _cblas, _memory
+from ._cblas import NO_TRANS, TRANS, gemm
 
 _SUM_CHUNK = 2048  # columns summed at a time by _batch_sum (a 16 KiB float64 accumulator)
 
@@ -143,19 +144,9 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
 # instead of OH short runs, and col2im adds one contiguous run back. The gemm does Q/P - 1
 # (here 2/14) more work on the spare columns; the forward drops them, the backward gives them
 # a zero dy (so they add nothing to dweight, and exactly 0 to dx).
-
-_fused = {}
-
-
-def _fused_kernels(dtype):
-    """(forward, backward) njit kernels for G == 1 and stride 1, working sample by sample: the
-    sample's columns built into a (K, Q) buffer of the thread and used by a BLAS gemm while in
-    cache (the batch's cols are never written: the backward rebuilds them from x); the batch in
-    two fixed halves on Numba's pool. None without _cblas's BLAS."""
-    if dtype not in _fused:
-        gemm = _cblas.gemm_function(dtype)
-        _fused[dtype] = None if gemm is None else _make_fused_kernels(gemm, np.dtype(dtype).type)
-    return _fused[dtype]
+# Per sample, the columns are built in cache into a (K, Q) buffer of the thread and fed straight
+# to BLAS (numbanorm/cpu/_cblas.py gemm), so the batch's cols are never written to memory (the
+# backward rebuilds them from x); the batch runs in two fixed halves on Numba's pool.
 
 
 @njit(cache=True)
@@ -185,100 +176,96 @@ def _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols):
                     d[q] = s[q]
 
 
-def _make_fused_kernels(gemm, scalar):
-    @njit(parallel=True)
-    def fused_forward(x, w2, bias, KH, KW, ph, pw, dh, dw, OH, OW, y):
-        """y[n] = w2 @ cols(x[n]) (+ bias[o] on row o when bias.size)."""
-        N, C, H, W = x.shape
-        O, K = w2.shape
-        Wp = W + 2 * pw
-        HWp = (H + 2 * ph) * Wp
-        Q = OH * Wp
-        half = N // 2
-        for t in prange(2):  # fixed halves: the same bits whatever the thread count
-            xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)  # zero border, spare tail
-            cols = np.empty((K, Q), w2.dtype)
-            yw = np.empty((O, Q), w2.dtype)
-            for n in range(t * half, half if t == 0 else N):
+@njit(parallel=True, cache=True)
+def _fused_forward(x, w2, bias, KH, KW, ph, pw, dh, dw, OH, OW, y):
+    """y[n] = w2 @ cols(x[n]) (+ bias[o] on row o when bias.size)."""
+    N, C, H, W = x.shape
+    O, K = w2.shape
+    Wp = W + 2 * pw
+    HWp = (H + 2 * ph) * Wp
+    Q = OH * Wp
+    half = N // 2
+    for t in prange(2):  # fixed halves: the same bits whatever the thread count
+        xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)  # zero border, spare tail
+        cols = np.empty((K, Q), w2.dtype)
+        yw = np.empty((O, Q), w2.dtype)
+        for n in range(t * half, half if t == 0 else N):
+            _pad_sample(x[n], ph, pw, xp)
+            _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
+            gemm(NO_TRANS, NO_TRANS, O, Q, K, w2.ctypes.data, K, cols.ctypes.data, Q, yw.ctypes.data,
+                 Q, w2)
+            for o in range(O):
+                b = bias[o] if bias.size else w2.dtype.type(0.0)
+                for oh in range(OH):
+                    s = yw[o, oh * Wp:oh * Wp + OW]
+                    d = y[n, o, oh]
+                    for ow in range(OW):
+                        d[ow] = s[ow] + b
+
+@njit(parallel=True, cache=True)
+def _fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx, dw_acc, db_acc):
+    """dx[n] = col2im(w2.T @ dy[n]) when need_dx; when need_params, dw_acc[t] (O, K) and
+    db_acc[t] (O,) = float64 sums over half t of the batch, in ascending n, of
+    dy[n] @ cols(x[n]).T and of dy[n]'s rows."""
+    N, C, H, W = x.shape
+    O, K = w2.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    Wp = W + 2 * pw
+    HWp = (H + 2 * ph) * Wp
+    Q = OH * Wp
+    half = N // 2
+    for t in prange(2):
+        xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)
+        dxp = np.empty_like(xp)  # the padded dx of a sample
+        cols = np.empty((K, Q), w2.dtype)  # columns, then dcols
+        dyw = np.zeros((O, Q), w2.dtype)  # its spare columns stay 0
+        part = np.empty((O, K), w2.dtype)
+        acc = dw_acc[t]
+        bacc = db_acc[t]
+        acc[:, :] = 0.0
+        bacc[:] = 0.0
+        for n in range(t * half, half if t == 0 else N):
+            for o in range(O):
+                total = 0.0
+                for oh in range(OH):
+                    src = dy[n, o, oh]
+                    d = dyw[o, oh * Wp:oh * Wp + OW]
+                    for ow in range(OW):
+                        d[ow] = src[ow]
+                        total += src[ow]
+                bacc[o] += total
+            if need_params:
                 _pad_sample(x[n], ph, pw, xp)
                 _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
-                gemm(101, 111, 111, O, Q, K, scalar(1.0), w2.ctypes.data, K, cols.ctypes.data, Q,
-                     scalar(0.0), yw.ctypes.data, Q)
+                gemm(NO_TRANS, TRANS, O, K, Q, dyw.ctypes.data, Q, cols.ctypes.data, Q,
+                     part.ctypes.data, K, w2)
                 for o in range(O):
-                    b = bias[o] if bias.size else scalar(0.0)
-                    for oh in range(OH):
-                        s = yw[o, oh * Wp:oh * Wp + OW]
-                        d = y[n, o, oh]
-                        for ow in range(OW):
-                            d[ow] = s[ow] + b
-
-    @njit(parallel=True)
-    def fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx, dw_acc,
-                       db_acc):
-        """dx[n] = col2im(w2.T @ dy[n]) when need_dx; when need_params, dw_acc[t] (O, K) and
-        db_acc[t] (O,) = float64 sums over half t of the batch, in ascending n, of
-        dy[n] @ cols(x[n]).T and of dy[n]'s rows."""
-        N, C, H, W = x.shape
-        O, K = w2.shape
-        OH, OW = dy.shape[2], dy.shape[3]
-        Wp = W + 2 * pw
-        HWp = (H + 2 * ph) * Wp
-        Q = OH * Wp
-        half = N // 2
-        for t in prange(2):
-            xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)
-            dxp = np.empty_like(xp)  # the padded dx of a sample
-            cols = np.empty((K, Q), w2.dtype)  # columns, then dcols
-            dyw = np.zeros((O, Q), w2.dtype)  # its spare columns stay 0
-            part = np.empty((O, K), w2.dtype)
-            acc = dw_acc[t]
-            bacc = db_acc[t]
-            acc[:, :] = 0.0
-            bacc[:] = 0.0
-            for n in range(t * half, half if t == 0 else N):
-                for o in range(O):
-                    s = 0.0
-                    for oh in range(OH):
-                        src = dy[n, o, oh]
-                        d = dyw[o, oh * Wp:oh * Wp + OW]
-                        for ow in range(OW):
-                            d[ow] = src[ow]
-                            s += src[ow]
-                    bacc[o] += s
-                if need_params:
-                    _pad_sample(x[n], ph, pw, xp)
-                    _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
-                    gemm(101, 111, 112, O, K, Q, scalar(1.0), dyw.ctypes.data, Q, cols.ctypes.data,
-                         Q, scalar(0.0), part.ctypes.data, K)
-                    for o in range(O):
-                        ar = acc[o]
-                        pr = part[o]
-                        for k in range(K):
-                            ar[k] += pr[k]
-                if need_dx:
-                    gemm(101, 112, 111, K, Q, O, scalar(1.0), w2.ctypes.data, K, dyw.ctypes.data, Q,
-                         scalar(0.0), cols.ctypes.data, Q)
-                    dxp[:] = 0.0
-                    for c in range(C):
-                        for i in range(KH):
-                            for j in range(KW):
-                                d = dxp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
-                                s = cols[(c * KH + i) * KW + j]
-                                for q in range(Q):
-                                    d[q] += s[q]
-                    for c in range(C):
-                        for h in range(H):
-                            s = dxp[c * HWp + (h + ph) * Wp + pw:c * HWp + (h + ph) * Wp + pw + W]
-                            d = dx[n, c, h]
-                            for w in range(W):
-                                d[w] = s[w]
-
-    return fused_forward, fused_backward
+                    ar = acc[o]
+                    pr = part[o]
+                    for k in range(K):
+                        ar[k] += pr[k]
+            if need_dx:
+                gemm(TRANS, NO_TRANS, K, Q, O, w2.ctypes.data, K, dyw.ctypes.data, Q,
+                     cols.ctypes.data, Q, w2)
+                dxp[:] = 0.0
+                for c in range(C):
+                    for i in range(KH):
+                        for j in range(KW):
+                            d = dxp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
+                            s = cols[(c * KH + i) * KW + j]
+                            for q in range(Q):
+                                d[q] += s[q]
+                for c in range(C):
+                    for h in range(H):
+                        s = dxp[c * HWp + (h + ph) * Wp + pw:c * HWp + (h + ph) * Wp + pw + W]
+                        d = dx[n, c, h]
+                        for w in range(W):
+                            d[w] = s[w]
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """-> (y (N, O, OH, OW), kept): kept is what backward needs, x itself on the fused path
-    (G == 1 and stride 1, _fused_kernels), else the cols (N, K [+1], P)."""
+    (G == 1 and stride 1 with _cblas.AVAILABLE: _fused_forward), else the cols (N, K [+1], P)."""
     N = x.shape[0]
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
@@ -286,11 +273,10 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     geometry = (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
                 OH, OW)
     y = _memory.empty((N, O, OH, OW), x.dtype)
-    kernels = _fused_kernels(x.dtype) if G == 1 and stride == (1, 1) else None
-    if kernels is not None:
+    if G == 1 and stride == (1, 1) and _cblas.AVAILABLE:
         b = np.empty(0, x.dtype) if bias is None else np.ascontiguousarray(bias)
         with _blas.one_blas_thread():
-            kernels[0](x, np.ascontiguousarray(weight.reshape(O, K)), b, KH, KW, padding[0],
+            _fused_forward(x, np.ascontiguousarray(weight.reshape(O, K)), b, KH, KW, padding[0],
                        padding[1], dilation[0], dilation[1], OH, OW, y)
         return y, x
     fused_bias = bias is not None and G == 1
@@ -324,9 +310,9 @@ def backward(dy, kept, weight, x_shape, stride, padding, dilation, groups, has_b
         dw_acc = np.empty((2, O, K), np.float64)
         db_acc = np.empty((2, O), np.float64)
         with _blas.one_blas_thread():
-            _fused_kernels(dy.dtype)[1](kept, np.ascontiguousarray(weight.reshape(O, K)), dy,
-                                        KH, KW, padding[0], padding[1], dilation[0], dilation[1],
-                                        need_dx, need_params, dx, dw_acc, db_acc)
+            _fused_backward(kept, np.ascontiguousarray(weight.reshape(O, K)), dy, KH, KW, padding[0],
+                            padding[1], dilation[0], dilation[1], need_dx, need_params, dx, dw_acc,
+                            db_acc)
         if need_params:
             dweight = (dw_acc[0] + dw_acc[1]).astype(dy.dtype).reshape(weight.shape)
             dbias = (db_acc[0] + db_acc[1]).astype(dy.dtype) if has_bias else None
