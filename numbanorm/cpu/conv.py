@@ -19,6 +19,7 @@ from numba import njit, prange
 from .._shapes import conv_dims
 from . import _blas, _cblas, _memory
 from ._cblas import NO_TRANS, TRANS, gemm
+from ._parallel import FASTMATH
 
 _SUM_CHUNK = 2048  # columns summed at a time by _batch_sum (a 16 KiB float64 accumulator)
 
@@ -202,11 +203,11 @@ def _fused_forward(x, w2, bias, KH, KW, ph, pw, dh, dw, OH, OW, y):
                     for ow in range(OW):
                         d[ow] = s[ow] + b
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx, dw_acc, db_acc):
     """dx[n] = col2im(w2.T @ dy[n]) when need_dx; when need_params, dw_acc[t] (O, K) and
     db_acc[t] (O,) = float64 sums over half t of the batch, in ascending n, of
-    dy[n] @ cols(x[n]).T and of dy[n]'s rows."""
+    dy[n] @ cols(x[n]).T and of dy[n]'s rows (db_acc of size 0: no bias)."""
     N, C, H, W = x.shape
     O, K = w2.shape
     OH, OW = dy.shape[2], dy.shape[3]
@@ -232,8 +233,11 @@ def _fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx,
                     d = dyw[o, oh * Wp:oh * Wp + OW]
                     for ow in range(OW):
                         d[ow] = src[ow]
-                        total += src[ow]
-                bacc[o] += total
+                    if bacc.size:  # a float64 sum LLVM vectorises (FASTMATH reassoc)
+                        for ow in range(OW):
+                            total += src[ow]
+                if bacc.size:
+                    bacc[o] += total
             if need_params:
                 _pad_sample(x[n], ph, pw, xp)
                 _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
@@ -308,7 +312,7 @@ def backward(dy, kept, weight, x_shape, stride, padding, dilation, groups, has_b
     if kept.ndim == 4:  # the fused path kept x
         dx = _memory.empty(x_shape, dy.dtype) if need_dx else np.empty((0, 0, 0, 0), dy.dtype)
         dw_acc = np.empty((2, O, K), np.float64)
-        db_acc = np.empty((2, O), np.float64)
+        db_acc = np.empty((2, O if has_bias and need_params else 0), np.float64)
         with _blas.one_blas_thread():
             _fused_backward(kept, np.ascontiguousarray(weight.reshape(O, K)), dy, KH, KW, padding[0],
                             padding[1], dilation[0], dilation[1], need_dx, need_params, dx, dw_acc,
