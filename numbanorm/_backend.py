@@ -36,10 +36,16 @@ def _describe(a):
     return f"{type(a).__module__}.{type(a).__qualname__}"
 
 
-def _cpu():
-    from . import cpu
+_cpu_module = None
 
-    return cpu
+
+def _cpu():
+    global _cpu_module
+    if _cpu_module is None:  # imported on first use: `import numbanorm` stays light
+        from . import cpu
+
+        _cpu_module = cpu
+    return _cpu_module
 
 
 def get(device):
@@ -61,8 +67,11 @@ def select(**arrays):
     works on (foreign GPU arrays wrapped as Numba device arrays, zero-copy). On the GPU this
     also picks the stream the op runs on from the arrays (see numbanorm.cuda).
     """
-    if all(a is None or type(a) is np.ndarray for a in arrays.values()):  # the common case
-        return _cpu(), arrays
+    for a in arrays.values():  # the common case, all NumPy: a plain loop (no generator)
+        if a is not None and type(a) is not np.ndarray:
+            break
+    else:
+        return _cpu_module or _cpu(), arrays
     placement = {}
     for name, a in arrays.items():
         if a is None:

@@ -11,7 +11,10 @@ NORM_DTYPES = (HALF,) + FLOAT_DTYPES  # the norm ops also take float16
 
 def float_array(name, a, dtypes=FLOAT_DTYPES):
     """a must have one of dtypes (float32 or float64 unless told)."""
-    dtype = np.dtype(a.dtype)
+    dtype = a.dtype
+    if type(a) is np.ndarray and dtype in dtypes:  # the common case, without np.dtype()
+        return dtype
+    dtype = np.dtype(dtype)
     if dtype not in dtypes:
         names = " or ".join(str(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype {names}, got {dtype}")
@@ -71,6 +74,8 @@ def running_pair(running_mean, running_var):
 
 
 def num_groups(value, channels):
+    if type(value) is int and value > 0 and channels % value == 0:  # the common case
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"num_groups must be an int, got {type(value).__name__}")
     if value <= 0 or channels % value != 0:
@@ -97,6 +102,8 @@ def normalized_shape(value):
 
 def grad_output(dy, shape, dtype):
     """dy given to a backward must match the forward's output."""
+    if type(dy) is np.ndarray and dy.shape == shape and dy.dtype == dtype:
+        return  # the common case, checked without building tuples
     if tuple(dy.shape) != tuple(shape):
         raise ValueError(f"dy must have shape {tuple(shape)} (the forward output's), got {tuple(dy.shape)}")
     if np.dtype(dy.dtype) != dtype:

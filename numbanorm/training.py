@@ -253,7 +253,7 @@ def fit(model, data, config, *, name, device="cpu", log=None, comm=None, on_step
                         f"{step + 1}/{steps} (--lr {config.lr}, --optimizer {config.optimizer}); this "
                         f"run is stopped instead of training on garbage. Try a smaller --lr.", run)
                 model.zero_grad()
-                model.backward(crit.backward(len(idx) / n_batch))
+                model.backward(crit.backward(len(idx) / n_batch), input_grad=False)  # x is data
                 if comm is not None:
                     D.allreduce_gradients(model.parameters(), comm, average=False)
                 opt.step()

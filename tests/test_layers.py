@@ -491,8 +491,12 @@ def test_cnn_kernels_bitwise_same_for_any_thread_count():
     w = RNG.standard_normal((32, 16, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(32).astype(np.float32)
     big = RNG.standard_normal(300001).astype(np.float32)
+    xl = RNG.standard_normal((65, 301)).astype(np.float32)  # above _blas.SPLIT_ABOVE, odd rows
+    wl = RNG.standard_normal((97, 301)).astype(np.float32)
 
     def run():
+        yl, sl = F.linear(xl, wl)
+        linear = [yl, *F.linear_backward(np.sin(yl), sl)[:2]]
         y, sc = F.conv2d(x, w, b, padding=1)
         r, sr = F.relu(y)
         p, sp = F.max_pool2d(r, 2)
@@ -500,7 +504,7 @@ def test_cnn_kernels_bitwise_same_for_any_thread_count():
         dx, dw, db = F.conv2d_backward(F.relu_backward(F.max_pool2d_backward(dp, sp), sr), sc)
         wp, buf = big.copy(), big[::-1].copy()
         F.sgd_step(wp, big * 0.5, buf, 0.1, 0.9, 0.0, 0.0, False, False)
-        return [y, r, p, dx, dw, db, wp, buf]
+        return [y, r, p, dx, dw, db, wp, buf] + linear
 
     original = numba.get_num_threads()
     try:
@@ -542,18 +546,57 @@ def test_batched_gemm_on_numba_pool_matches_numpy(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_dx_per_sample_kernel_matches_generic(dtype):
-    """With a batch (G == 1, N >= 2) conv2d's dx runs gemm + col2im per sample on Numba's pool
-    (numbanorm/cpu/conv.py _dx_kernel); one sample at a time takes the generic batched gemm +
-    _col2im: the same bits, including stride 2, dilation and padding."""
-    from numbanorm import functional as F
+def test_split_rows_gemm_matches_numpy(dtype):
+    """numbanorm/cpu/_cblas.py split_rows (a 2-D product in two row halves on Numba's pool): the
+    products linear makes (row-major and transposed operands, odd and single-row counts) agree
+    with NumPy; False (untouched) for a layout BLAS cannot read."""
+    from numbanorm.cpu import _cblas
 
+    r = np.random.default_rng(6)
+    if not _cblas.split_rows(np.ones((2, 2), dtype), np.ones((2, 2), dtype), np.empty((2, 2), dtype)):
+        pytest.skip("NumPy's bundled OpenBLAS (numpy.libs) not found: the NumPy path is used")
+    for m, k, n in ((7, 13, 5), (1, 4, 3), (64, 33, 17)):
+        for a, b in ((r.standard_normal((m, k)), r.standard_normal((k, n))),
+                     (r.standard_normal((k, m)).T, r.standard_normal((n, k)).T)):
+            a, b = a.astype(dtype), b.astype(dtype)
+            out = np.full((m, n), np.nan, dtype)
+            assert _cblas.split_rows(a, b, out)
+            np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    out = np.full((4, 3), np.nan, dtype)
+    assert not _cblas.split_rows(np.ones((4, 10), dtype)[:, ::2], np.ones((5, 3), dtype), out)
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_fused_stride1_path_matches_generic(dtype, monkeypatch):
+    """G == 1 and stride 1 take the fused per-sample kernels (numbanorm/cpu/conv.py
+    _fused_forward / _fused_backward: wide columns in cache, x kept instead of cols); they agree
+    with the generic im2col + batched gemm path (forced here) on y, dx, dweight and dbias, for an odd batch
+    (unequal halves), padding, dilation, rectangular and 1x1 kernels, and with input_grad or
+    weight_grad off."""
+    from numbanorm import functional as F
+    from numbanorm.cpu import conv as cpu_conv
+
+    if not cpu_conv._cblas.AVAILABLE:
+        pytest.skip("NumPy's bundled OpenBLAS (numpy.libs) not found: the generic path is used")
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     x = RNG.standard_normal((5, 3, 11, 9)).astype(dtype)
-    w = RNG.standard_normal((4, 3, 3, 3)).astype(dtype)
-    for kw in (dict(padding=1), dict(stride=2, padding=2, dilation=2)):
-        y, saved = F.conv2d(x, w, **kw)
-        dy = RNG.standard_normal(y.shape).astype(dtype)
-        dx = F.conv2d_backward(dy, saved)[0]
-        for n in range(x.shape[0]):
-            _, s1 = F.conv2d(x[n:n + 1], w, **kw)
-            np.testing.assert_array_equal(dx[n:n + 1], F.conv2d_backward(dy[n:n + 1], s1)[0])
+    b = RNG.standard_normal(4).astype(dtype)
+    for kernel, kw in (((3, 3), dict(padding=1)), ((3, 2), dict(padding=(2, 0), dilation=(1, 2))),
+                       ((1, 1), dict()), ((5, 5), dict(padding=2, dilation=2))):
+        w = RNG.standard_normal((4, 3) + kernel).astype(dtype)
+        results = []
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(cpu_conv._cblas, "AVAILABLE", False)
+            y, saved = F.conv2d(x, w, b, **kw)
+            assert (saved.kept is x) == fused
+            dy = np.cos(np.arange(y.size)).reshape(y.shape).astype(dtype)
+            results.append((y, *F.conv2d_backward(dy, saved)))
+            assert F.conv2d_backward(dy, saved, input_grad=False)[0] is None
+            dx_only = F.conv2d_backward(dy, saved, weight_grad=False)
+            assert dx_only[1] is None and dx_only[2] is None
+            np.testing.assert_array_equal(dx_only[0], results[-1][1])
+        monkeypatch.undo()
+        for a, c in zip(*results):
+            np.testing.assert_allclose(a, c, **tol)

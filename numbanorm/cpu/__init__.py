@@ -14,6 +14,7 @@ __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "l
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
            "from_host", "to_host"]
 name = "cpu"
+_HALF = np.dtype(np.float16)
 
 
 def contiguous(a):
@@ -36,8 +37,10 @@ def is_contiguous(a):
 def cast(a, dtype):
     """a converted to dtype (no copy when it has it already; a new array keeps a's memory
     order when that is C or channels-last)."""
+    if a.dtype == dtype:
+        return a
     dtype = np.dtype(dtype)
-    if a.dtype == dtype or not half.converts(a.dtype, dtype):
+    if (a.dtype != _HALF and dtype != _HALF) or not half.converts(a.dtype, dtype):
         return a.astype(dtype, copy=False)
     if a.flags.c_contiguous:
         return half.convert(a, dtype)

@@ -81,7 +81,7 @@ def matmul(a, b, out):
 
 
 def one_blas_thread():
-    """Context for callers running BLAS themselves (e.g. from Numba, _cblas.gemm_function):
+    """Context for callers running BLAS themselves (e.g. Numba kernels calling _cblas.gemm):
     the loaded BLAS libraries on one thread inside, their own setting again after."""
     return _OneBlasThread()
 
@@ -93,7 +93,16 @@ def _squeeze_groups(a, b, out):
     return a, b, out
 
 
+# Products with fewer multiply-adds than this run on the calling thread (waking Numba's pool
+# costs more than a second core saves).
+SPLIT_ABOVE = 1 << 20
+
+
 def dot(a, b):
-    """a @ b for 2-D a and b, BLAS on one thread."""
+    """a @ b for 2-D a and b, BLAS on one thread; a large product has the rows of a in two
+    halves on Numba's pool (_cblas.split_rows: fixed halves, the same bits for any thread count)."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     with _OneBlasThread():
-        return np.matmul(a, b)
+        if a.shape[0] < 2 or a.shape[0] * a.shape[1] * b.shape[1] < SPLIT_ABOVE or not _cblas.split_rows(a, b, out):
+            np.matmul(a, b, out=out)
+    return out

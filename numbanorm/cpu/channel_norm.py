@@ -248,16 +248,15 @@ def _backward_dx(x, dy, mean, a, b, d, dx, serial):
 # ---------------------------------------------------------------- per-channel math
 
 @njit(cache=True)
-def _forward_coefficients(center, s1, s2, count, eps, weight, bias, running_mean, running_var, momentum):
-    """(mean, rstd, scale, offset) so that y = (x - mean) * scale + offset.
+def _forward_coefficients(center, s1, s2, count, eps, weight, bias, running_mean, running_var,
+                          momentum, mean, rstd):
+    """(scale, offset) so that y = (x - mean) * scale + offset; mean and rstd written in place.
 
     count > 0: s1, s2 are a batch's per-channel sums of (x - center) and its square over count
     values; running_mean / running_var, unless None, get the update (unbiased variance).
     count == 0: s1, s2 are the mean and variance to normalize with (eval mode).
     """
     C = s1.size
-    mean = np.empty(C)
-    rstd = np.empty(C)
     scale = np.empty(C)
     offset = np.zeros(C)
     for c in range(C):
@@ -274,7 +273,7 @@ def _forward_coefficients(center, s1, s2, count, eps, weight, bias, running_mean
         scale[c] = rstd[c] if weight is None else rstd[c] * weight[c]
         if bias is not None:
             offset[c] = bias[c]
-    return mean, rstd, scale, offset
+    return scale, offset
 
 
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):
@@ -285,39 +284,52 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     Otherwise normalize with running_mean / running_var.
     Returns (y, mean, rstd) with float64 (C,) statistics used for the normalization.
     """
-    N, C, S = x.shape
+    C = x.shape[1]
+    y = _memory.empty_like(x)
+    mean = np.empty(C)  # outputs allocated here: cheaper than returning arrays made in compiled code
+    rstd = np.empty(C)
     if training:
-        y = _memory.empty_like(x)
-        mean, rstd = _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
-                                    *_task_grid(N, C, S), y, serial(x))
-        return y, mean, rstd
+        _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
+                       *_task_grid(*x.shape), y, mean, rstd, serial(x))
     else:
-        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-        coefficients = _forward_coefficients(mean, mean, var, 0, eps, weight, bias, None, None, 0.0)
-    mean, rstd, scale, offset = coefficients
-    return affine(x, mean, scale, offset), mean, rstd
+        _eval_forward(x, weight, bias, eps, running_mean, running_var, y, mean, rstd, serial(x))
+    return y, mean, rstd
 
 
 # parallel=True although it has no prange of its own: a cached non-parallel function calling
 # parallel ones segfaults when loaded from the cache (numba issue #8578). Numba then warns that
-# nothing was parallelised; that warning, for these two functions only, is expected.
-warnings.filterwarnings("ignore", r"(?s).*def _train_(forward|backward)\(", NumbaPerformanceWarning)
+# nothing was parallelised; that warning, for these functions only, is expected.
+warnings.filterwarnings("ignore", r"(?s).*def _(train|eval)_(forward|backward)\(",
+                        NumbaPerformanceWarning)
+
+
+@njit(parallel=True, cache=True)
+def _eval_forward(x, weight, bias, eps, running_mean, running_var, y, mean, rstd, serial):
+    """The eval forward in one compiled call: y = (x - running_mean) * scale + offset;
+    mean, rstd (float64 (C,)) written."""
+    C = x.shape[1]
+    var = np.empty(C)
+    for c in range(C):
+        mean[c] = running_mean[c]
+        var[c] = running_var[c]
+    scale, offset = _forward_coefficients(mean, mean, var, 0, eps, weight, bias, None, None, 0.0,
+                                          mean, rstd)
+    _affine(x, mean, scale, offset, y, serial)
 
 
 @njit(parallel=True, cache=True)
 def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, samples, spatial, y,
-                   serial):
+                   mean, rstd, serial):
     """The training forward in one compiled call: sums, coefficients (running stats updated),
-    y = (x - mean) * scale + offset. Returns (mean, rstd)."""
+    y = (x - mean) * scale + offset; mean, rstd (float64 (C,)) written."""
     N, C, S = x.shape
     center = np.empty(C)
     for c in range(C):
         center[c] = x[0, c, 0]
     s1, s2 = _channel_sums(x, center, x, False, samples, spatial, serial)
-    mean, rstd, scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
-                                                      running_mean, running_var, momentum)
+    scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
+                                          running_mean, running_var, momentum, mean, rstd)
     _affine(x, mean, scale, offset, y, serial)
-    return mean, rstd
 
 
 def backward_sums(x, dy, mean):
@@ -329,10 +341,15 @@ def backward_sums(x, dy, mean):
 @njit(cache=True)
 def backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count):
     """(a, b, d) of dx = a*dy + b*(x - mean) + d for a training-mode backward."""
-    a = rstd.copy()
-    if weight is not None:
-        a *= weight
-    return a, -a * rstd * rstd * sum_dy_xmu / count, -a * sum_dy / count
+    C = rstd.size
+    a = np.empty(C)
+    b = np.empty(C)
+    d = np.empty(C)
+    for c in range(C):
+        a[c] = rstd[c] if weight is None else rstd[c] * weight[c]
+        b[c] = -a[c] * rstd[c] * rstd[c] * sum_dy_xmu[c] / count
+        d[c] = -a[c] * sum_dy[c] / count
+    return a, b, d
 
 
 def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, count):
@@ -354,19 +371,24 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
 
 
 def backward(x, dy, mean, rstd, weight, training):
-    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads float64 (C,)."""
+    """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads (C,) of weight's
+    dtype (x's when weight is None), as row_norm.backward: summed in float64, rounded once."""
     N, C, S = x.shape
-    if training:
+    grad_dtype = x.dtype if weight is None else weight.dtype
+    if training or S > 1:
         dx = _memory.empty_like(x)
-        dweight, dbias = _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx,
-                                         serial(x))
-        return dx, dweight, dbias
-    if S > 1:
-        dx = _memory.empty_like(x)
-        dweight, dbias = _eval_backward(x, dy, mean, rstd, weight, dx, serial(x))
+        dweight = np.empty(C, grad_dtype)  # allocated here: cheaper than returned arrays
+        dbias = np.empty(C, grad_dtype)
+        if training:
+            _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx, dweight, dbias,
+                            serial(x))
+        else:
+            _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial(x))
         return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
-    return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
+    dx, dweight, dbias = backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy,
+                                            sum_dy_xmu, N * S)
+    return dx, dweight.astype(grad_dtype), dbias.astype(grad_dtype)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -388,10 +410,10 @@ def _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
+def _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial):
     """The eval-mode backward of an (N, C, S > 1) array in one pass over (x, dy): the statistics
-    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias are taken in the
-    same pass and merged in plane order. Returns (dweight, dbias) float64 (C,)."""
+    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias ((C,), written)
+    are taken in the same pass in float64 and merged in plane order."""
     N, C, S = x.shape
     mean_x = np.empty(C, x.dtype)
     a_x = np.empty(C, x.dtype)
@@ -406,8 +428,6 @@ def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
     else:
         for t in prange(N * C):
             _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2)
-    dweight = np.empty(C)
-    dbias = np.empty(C)
     for c in range(C):  # loops, not np.zeros / array expressions: those would be parfors
         s1 = 0.0
         s2 = 0.0
@@ -417,14 +437,16 @@ def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
         # sum(dy * (x - mean)) = sum(dy * (x - mean_x)) + (mean_x - mean) * sum(dy)
         dweight[c] = (s2 + (np.float64(mean_x[c]) - mean[c]) * s1) * rstd[c]
         dbias[c] = s1
-    return dweight, dbias
 
 
 @njit(parallel=True, cache=True)  # parallel=True: see _train_forward
-def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, serial):
-    """The training backward in one compiled call: dx into dx; returns (dweight, dbias)."""
+def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, dweight, dbias, serial):
+    """The training backward in one compiled call: dx, dweight, dbias written (the float64
+    sums rounded to their dtype)."""
     N, C, S = x.shape
     sum_dy, sum_dy_xmu = _channel_sums(x, mean, dy, True, samples, spatial, serial)
     a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
     _backward_dx(x, dy, mean, a, b, d, dx, serial)
-    return sum_dy_xmu * rstd, sum_dy
+    for c in range(C):
+        dweight[c] = sum_dy_xmu[c] * rstd[c]
+        dbias[c] = sum_dy[c]

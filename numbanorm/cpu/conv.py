@@ -9,12 +9,17 @@ P = OH * OW, K = C * KH * KW (Kg = K / G per group, Og = O / G).
   y[n] = [weight | bias] @ cols[n] also adds the bias.
 Backward: dweight[g] = sum_n dy[n, g] @ cols[n, g].T (float64 sum over n in ascending order);
   dcols = weight[g].T @ dy[n, g]; col2im adds dcols back into dx, one task per (n, c) plane.
+G == 1 with stride 1 (the usual CNN layer) takes fused kernels instead (_fused_forward, _fused_backward): per
+sample, its columns are built in cache in a "wide" layout and fed straight to BLAS, so the
+(N, K, P) cols are never written to memory and the forward keeps x, not cols, for the backward.
 """
 import numpy as np
 from numba import njit, prange
 
 from .._shapes import conv_dims
 from . import _blas, _cblas, _memory
+from ._cblas import NO_TRANS, TRANS, gemm
+from ._parallel import FASTMATH
 
 _SUM_CHUNK = 2048  # columns summed at a time by _batch_sum (a 16 KiB float64 accumulator)
 
@@ -132,47 +137,155 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
         _col2im_plane(dcols[t // C], t % C, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx[t // C, t % C])
 
 
-_dx_kernels = {}
+# ---------------------------------------------------------------- stride 1: the "wide" layout
+# For stride 1 the sample's columns are taken from a zero-padded copy xp (C, Hp, Wp) of x[n]
+# (Hp = H + 2*ph, Wp = W + 2*pw) in a wide layout with Q = OH * Wp columns: column
+# q = oh*Wp + ow, where ow < OW is an output position and the other Wp - OW columns of each row
+# are spare. Row (c, i, j) is then ONE contiguous run of xp, flat[c*Hp*Wp + i*dh*Wp + j*dw + q],
+# instead of OH short runs, and col2im adds one contiguous run back. The gemm does Q/P - 1
+# (here 2/14) more work on the spare columns; the forward drops them, the backward gives them
+# a zero dy (so they add nothing to dweight, and exactly 0 to dx).
+# Per sample, the columns are built in cache into a (K, Q) buffer of the thread and fed straight
+# to BLAS (numbanorm/cpu/_cblas.py gemm), so the batch's cols are never written to memory (the
+# backward rebuilds them from x); the batch runs in two fixed halves on Numba's pool.
 
 
-def _dx_kernel(dtype):
-    """For G == 1: an njit kernel doing, per sample, dcols = weight.T @ dy[n] (one BLAS gemm into
-    a (K, P) buffer of the thread) then its col2im into dx[n], the batch in two fixed halves on
-    Numba's pool; or None without _cblas's BLAS. Same bits as the batched gemm + _col2im, without
-    writing and re-reading the (N, K, P) dcols."""
-    if dtype not in _dx_kernels:
-        gemm = _cblas.gemm_function(dtype)
-        _dx_kernels[dtype] = None if gemm is None else _make_dx_kernel(gemm, np.dtype(dtype).type)
-    return _dx_kernels[dtype]
+@njit(cache=True)
+def _pad_sample(xn, ph, pw, xp):
+    """The interior of the zero-bordered flat xp (C*Hp*Wp + spare) = xn (C, H, W)."""
+    C, H, W = xn.shape
+    Wp = W + 2 * pw
+    HWp = (H + 2 * ph) * Wp
+    for c in range(C):
+        for h in range(H):
+            d = xp[c * HWp + (h + ph) * Wp + pw:c * HWp + (h + ph) * Wp + pw + W]
+            s = xn[c, h]
+            for w in range(W):
+                d[w] = s[w]
 
 
-def _make_dx_kernel(gemm, scalar):
-    @njit(parallel=True)
-    def kernel(w2, dy3, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
-        O, K = w2.shape
-        N, _, P = dy3.shape
-        half = N // 2
-        for t in prange(2):
-            dcols = np.empty((K, P), w2.dtype)
-            for n in range(t * half, half if t == 0 else N):
-                gemm(101, 112, 111, K, P, O, scalar(1.0), w2.ctypes.data, K, dy3[n].ctypes.data, P,
-                     scalar(0.0), dcols.ctypes.data, P)
-                for c in range(dx.shape[1]):
-                    _col2im_plane(dcols, c, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx[n, c])
-    return kernel
+@njit(cache=True)
+def _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols):
+    """cols (K, Q): row (c*KH + i)*KW + j = xp[c*HWp + i*dh*Wp + j*dw:][:Q]."""
+    Q = cols.shape[1]
+    for c in range(C):
+        for i in range(KH):
+            for j in range(KW):
+                s = xp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
+                d = cols[(c * KH + i) * KW + j]
+                for q in range(Q):
+                    d[q] = s[q]
+
+
+@njit(parallel=True, cache=True)
+def _fused_forward(x, w2, bias, KH, KW, ph, pw, dh, dw, OH, OW, y):
+    """y[n] = w2 @ cols(x[n]) (+ bias[o] on row o when bias.size)."""
+    N, C, H, W = x.shape
+    O, K = w2.shape
+    Wp = W + 2 * pw
+    HWp = (H + 2 * ph) * Wp
+    Q = OH * Wp
+    half = N // 2
+    for t in prange(2):  # fixed halves: the same bits whatever the thread count
+        xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)  # zero border, spare tail
+        cols = np.empty((K, Q), w2.dtype)
+        yw = np.empty((O, Q), w2.dtype)
+        for n in range(t * half, half if t == 0 else N):
+            _pad_sample(x[n], ph, pw, xp)
+            _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
+            gemm(NO_TRANS, NO_TRANS, O, Q, K, w2.ctypes.data, K, cols.ctypes.data, Q, yw.ctypes.data,
+                 Q, w2)
+            for o in range(O):
+                b = bias[o] if bias.size else w2.dtype.type(0.0)
+                for oh in range(OH):
+                    s = yw[o, oh * Wp:oh * Wp + OW]
+                    d = y[n, o, oh]
+                    for ow in range(OW):
+                        d[ow] = s[ow] + b
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx, dw_acc, db_acc):
+    """dx[n] = col2im(w2.T @ dy[n]) when need_dx; when need_params, dw_acc[t] (O, K) and
+    db_acc[t] (O,) = float64 sums over half t of the batch, in ascending n, of
+    dy[n] @ cols(x[n]).T and of dy[n]'s rows (db_acc of size 0: no bias)."""
+    N, C, H, W = x.shape
+    O, K = w2.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    Wp = W + 2 * pw
+    HWp = (H + 2 * ph) * Wp
+    Q = OH * Wp
+    half = N // 2
+    for t in prange(2):
+        xp = np.zeros(C * HWp + Wp + KW * dw, w2.dtype)
+        dxp = np.empty_like(xp)  # the padded dx of a sample
+        cols = np.empty((K, Q), w2.dtype)  # columns, then dcols
+        dyw = np.zeros((O, Q), w2.dtype)  # its spare columns stay 0
+        part = np.empty((O, K), w2.dtype)
+        acc = dw_acc[t]
+        bacc = db_acc[t]
+        acc[:, :] = 0.0
+        bacc[:] = 0.0
+        for n in range(t * half, half if t == 0 else N):
+            for o in range(O):
+                total = 0.0
+                for oh in range(OH):
+                    src = dy[n, o, oh]
+                    d = dyw[o, oh * Wp:oh * Wp + OW]
+                    for ow in range(OW):
+                        d[ow] = src[ow]
+                    if bacc.size:  # a float64 sum LLVM vectorises (FASTMATH reassoc)
+                        for ow in range(OW):
+                            total += src[ow]
+                if bacc.size:
+                    bacc[o] += total
+            if need_params:
+                _pad_sample(x[n], ph, pw, xp)
+                _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols)
+                gemm(NO_TRANS, TRANS, O, K, Q, dyw.ctypes.data, Q, cols.ctypes.data, Q,
+                     part.ctypes.data, K, w2)
+                for o in range(O):
+                    ar = acc[o]
+                    pr = part[o]
+                    for k in range(K):
+                        ar[k] += pr[k]
+            if need_dx:
+                gemm(TRANS, NO_TRANS, K, Q, O, w2.ctypes.data, K, dyw.ctypes.data, Q,
+                     cols.ctypes.data, Q, w2)
+                dxp[:] = 0.0
+                for c in range(C):
+                    for i in range(KH):
+                        for j in range(KW):
+                            d = dxp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
+                            s = cols[(c * KH + i) * KW + j]
+                            for q in range(Q):
+                                d[q] += s[q]
+                for c in range(C):
+                    for h in range(H):
+                        s = dxp[c * HWp + (h + ph) * Wp + pw:c * HWp + (h + ph) * Wp + pw + W]
+                        d = dx[n, c, h]
+                        for w in range(W):
+                            d[w] = s[w]
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
-    """-> (y (N, O, OH, OW), cols (N, K [+1], P) for the backward)."""
+    """-> (y (N, O, OH, OW), kept): kept is what backward needs, x itself on the fused path
+    (G == 1 and stride 1 with _cblas.AVAILABLE: _fused_forward), else the cols (N, K [+1], P)."""
     N = x.shape[0]
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
     G = groups
+    geometry = (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                OH, OW)
+    y = _memory.empty((N, O, OH, OW), x.dtype)
+    if G == 1 and stride == (1, 1) and _cblas.AVAILABLE:
+        b = np.empty(0, x.dtype) if bias is None else np.ascontiguousarray(bias)
+        with _blas.one_blas_thread():
+            _fused_forward(x, np.ascontiguousarray(weight.reshape(O, K)), b, KH, KW, padding[0],
+                       padding[1], dilation[0], dilation[1], OH, OW, y)
+        return y, x
     fused_bias = bias is not None and G == 1
     cols = _memory.empty((N, K + fused_bias, P), x.dtype)
-    _im2col(x, KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-            OH, OW, cols)
-    y = _memory.empty((N, O, OH, OW), x.dtype)
+    _im2col(x, *geometry, cols)
     if G == 1:
         w2 = weight.reshape(O, K)
         if fused_bias:
@@ -185,14 +298,30 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     return y, cols
 
 
-def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
+def backward(dy, kept, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
              need_params):
-    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
+    """dy (N, O, OH, OW), kept from forward -> (dx (N, C, H, W) or None, dweight or None,
+    dbias or None)."""
     N, OH, OW = dy.shape[0], dy.shape[2], dy.shape[3]
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, (OH, OW), groups)
     G = groups
     dy3 = dy.reshape(N, O, P)
+    geometry = (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                OH, OW)
     dweight = dbias = dx = None
+    if kept.ndim == 4:  # the fused path kept x
+        dx = _memory.empty(x_shape, dy.dtype) if need_dx else np.empty((0, 0, 0, 0), dy.dtype)
+        dw_acc = np.empty((2, O, K), np.float64)
+        db_acc = np.empty((2, O if has_bias and need_params else 0), np.float64)
+        with _blas.one_blas_thread():
+            _fused_backward(kept, np.ascontiguousarray(weight.reshape(O, K)), dy, KH, KW, padding[0],
+                            padding[1], dilation[0], dilation[1], need_dx, need_params, dx, dw_acc,
+                            db_acc)
+        if need_params:
+            dweight = (dw_acc[0] + dw_acc[1]).astype(dy.dtype).reshape(weight.shape)
+            dbias = (db_acc[0] + db_acc[1]).astype(dy.dtype) if has_bias else None
+        return (dx if need_dx else None), dweight, dbias
+    cols = kept
     if need_params:
         if G == 1:
             # per sample cols[n] @ dy[n].T (this operand order runs faster in OpenBLAS), then a
@@ -209,14 +338,7 @@ def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_b
             dweight = _sum_over_batch(parts).reshape(weight.shape)
             if has_bias:
                 dbias = dy3.sum(axis=(0, 2), dtype=np.float64).astype(dy.dtype)
-    geometry = (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                OH, OW)
-    fused_dx = _dx_kernel(dy.dtype) if need_dx and G == 1 and N >= 2 else None
-    if fused_dx is not None:
-        dx = _memory.empty(x_shape, dy.dtype)
-        with _blas.one_blas_thread():
-            fused_dx(np.ascontiguousarray(weight.reshape(O, K)), dy3, *geometry, dx)
-    elif need_dx:
+    if need_dx:
         dcols = _memory.empty((N, K, P), dy.dtype)
         _blas.matmul(weight.reshape(1, G, Og, Kg).transpose(0, 1, 3, 2), dy3.reshape(N, G, Og, P),
                      dcols.reshape(N, G, Kg, P))

@@ -1,6 +1,6 @@
 """CPU kernels for the fully-connected layer: x (M, F_in), weight (F_out, F_in), bias (F_out,),
-y (M, F_out) = x @ weight.T + bias, with BLAS gemms (numbanorm/cpu/_blas.py: one BLAS thread, so Numba's pool and BLAS's never
-compete)."""
+y (M, F_out) = x @ weight.T + bias, with BLAS gemms (numbanorm/cpu/_blas.py dot: one BLAS thread,
+so Numba's pool and BLAS's never compete; a large product in two row halves on Numba's pool)."""
 import numpy as np
 
 from . import _blas

@@ -25,17 +25,10 @@ def _as_type_of(row, value):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
-    """Row r: float64 statistics, then normalize and apply the affine (the row is still in cache).
-
-    The elementwise pass runs in x's dtype on (x - m_x), m_x the mean rounded to x's dtype: the
-    subtraction is exact for data near the mean, and the rounding m_x - mean is folded into the
-    offset, so data with a large mean keeps float64-reference accuracy at float32 vector width.
-    """
-    M = x.shape[1]
-    xr = x[r]
-    yr = y[r]
-    # pass 1: shifted sums in float64 (the shift keeps the variance free of cancellation)
+def _row_stats(xr, eps):
+    """(mean, rstd) of one row in float64, from sums shifted by the row's first value (the
+    shift keeps the variance free of cancellation for data with a large mean)."""
+    M = xr.size
     shift = np.float64(xr[0])
     a1 = 0.0
     a2 = 0.0
@@ -44,13 +37,21 @@ def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
         a1 += d
         a2 += d * d
     d_mean = a1 / M
-    m = shift + d_mean
-    rs = 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
-    mean[r] = m
-    rstd[r] = rs
+    return shift + d_mean, 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _normalize_row(r, x, weight, bias, G, Cg, S, y, m, rs):
+    """y[r] = (x[r] - m) * rs * weight + bias, per channel of the row's group.
+
+    The elementwise pass runs in x's dtype on (x - m_x), m_x the mean rounded to x's dtype: the
+    subtraction is exact for data near the mean, and the rounding m_x - mean is folded into the
+    offset, so data with a large mean keeps float64-reference accuracy at float32 vector width.
+    """
+    xr = x[r]
+    yr = y[r]
     m_x = _as_type_of(yr, m)
     c = (np.float64(m_x) - m) * rs  # xhat = (x - m_x) * rs + c
-    # pass 2: y = xhat * weight + bias
     base = (r % G) * Cg
     if S == 1:
         rs_x = _as_type_of(yr, rs)
@@ -70,20 +71,35 @@ def _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
                 yv[j] = (xv[j] - m_x) * a_x + b_x
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def _forward_task(t, rows_per_task, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
+    """Rows [t * rows_per_task, (t + 1) * rows_per_task): the statistics of every row, then
+    every row normalized (the task's rows, at most TASK_SIZE elements, are still in cache).
+
+    Statistics first for the whole task, not row by row: a row's normalization waits on its
+    divisions and square root, and with the rows' sums back to back the CPU overlaps those
+    waits (measured 2x faster on rows of 64 elements).
+    """
+    R = x.shape[0]
+    r0 = t * rows_per_task
+    r1 = min(R, r0 + rows_per_task)
+    for r in range(r0, r1):
+        mean[r], rstd[r] = _row_stats(x[r], eps)
+    for r in range(r0, r1):
+        _normalize_row(r, x, weight, bias, G, Cg, S, y, mean[r], rstd[r])
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward(x, weight, bias, G, Cg, S, eps, y, serial):
+def _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd, serial):
     R, M = x.shape
-    mean = np.empty(R)
-    rstd = np.empty(R)
     rows_per_task = max(1, TASK_SIZE // M)
+    T = -(-R // rows_per_task)
     if serial:
-        for r in range(R):
-            _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
+        for t in range(T):
+            _forward_task(t, rows_per_task, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
     else:
-        for t in prange(-(-R // rows_per_task)):
-            for r in range(t * rows_per_task, min(R, (t + 1) * rows_per_task)):
-                _forward_row(r, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
-    return mean, rstd
+        for t in prange(T):
+            _forward_task(t, rows_per_task, x, weight, bias, G, Cg, S, eps, y, mean, rstd)
 
 
 def forward(x, weight, bias, G, Cg, S, eps):
@@ -91,8 +107,11 @@ def forward(x, weight, bias, G, Cg, S, eps):
 
     Returns (y, mean, rstd); mean and rstd are float64 of shape (R,).
     """
+    R = x.shape[0]
     y = _memory.empty_like(x)
-    mean, rstd = _forward(x, weight, bias, G, Cg, S, eps, y, x.size < SERIAL_BELOW)
+    mean = np.empty(R)  # allocated here: cheaper than returning arrays made in compiled code
+    rstd = np.empty(R)
+    _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd, x.size < SERIAL_BELOW)
     return y, mean, rstd
 
 
@@ -181,16 +200,14 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, serial):
-    """dx into dx; returns (dweight, dbias) in weight's dtype, summed in float64 in task order."""
+def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, dweight, dbias, serial):
+    """dx, and dweight/dbias (weight's dtype, summed in float64 in task order) written."""
     R, M = x.shape
     C = G * Cg
     rows_per_task = max(TASK_SIZE // M, -(-R // MAX_BACKWARD_TASKS), 1)
     T = -(-R // rows_per_task)
     part_dw = np.empty((T, C))
     part_db = np.empty((T, C))
-    dweight = np.empty(C, weight.dtype)
-    dbias = np.empty(C, weight.dtype)
     if serial:
         for t in range(T):
             _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db)
@@ -201,7 +218,6 @@ def _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, serial):
         for k in prange(-(-C // MERGE_COLUMNS)):
             _merge_columns(k * MERGE_COLUMNS, min(C, (k + 1) * MERGE_COLUMNS), part_dw, part_db,
                            dweight, dbias)
-    return dweight, dbias
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -226,7 +242,9 @@ def _merge_columns(c0, c1, part_dw, part_db, dweight, dbias):
 def backward(x, dy, mean, rstd, weight, G, Cg, S):
     """Row-norm backward -> (dx, dweight, dbias); dweight/dbias of weight's dtype, shape (G*Cg,)."""
     dx = _memory.empty_like(x)
-    dweight, dbias = _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, x.size < SERIAL_BELOW)
+    dweight = np.empty(G * Cg, weight.dtype)  # allocated here: cheaper than returned arrays
+    dbias = np.empty(G * Cg, weight.dtype)
+    _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, dweight, dbias, x.size < SERIAL_BELOW)
     return dx, dweight, dbias
 
 

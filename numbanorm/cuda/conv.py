@@ -98,7 +98,7 @@ def _launch_1d(kernel, n, *args):
 
 
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
-    """-> (y (N, O, OH, OW), cols (N, K, P) for the backward)."""
+    """-> (y (N, O, OH, OW), kept): kept is what backward needs, here the cols (N, K, P)."""
     N = x.shape[0]
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, out_hw, groups)
     OH, OW = out_hw
@@ -112,9 +112,11 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     return y, cols
 
 
-def backward(dy, cols, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
+def backward(dy, kept, weight, x_shape, stride, padding, dilation, groups, has_bias, need_dx,
              need_params):
-    """dy (N, O, OH, OW) -> (dx (N, C, H, W) or None, dweight or None, dbias or None)."""
+    """dy (N, O, OH, OW), kept from forward (the cols) -> (dx (N, C, H, W) or None, dweight or
+    None, dbias or None)."""
+    cols = kept
     N, OH, OW = dy.shape[0], dy.shape[2], dy.shape[3]
     O, KH, KW, K, P, Og, Kg = conv_dims(weight.shape, (OH, OW), groups)
     G = groups

@@ -50,26 +50,43 @@ def fingerprint(a):
 
 class Saved:
     """What a backward needs from its forward: `op` (the forward's name), `backend`, the output
-    `shape` and `dtype`, plus op-specific fields given by keyword (arrays stay on the backend)."""
+    `shape` and `dtype`, plus op-specific fields given by keyword (arrays stay on the backend).
 
-    op = backend = family = shape = dtype = x = mean = rstd = weight = None
-    has_weight = has_bias = training = False
-    param_shape = groups = channels_per_group = spatial = None
-    channels_last = False  # x was channels-last (saved.x its (N*S, C, 1) view; dx keeps the layout)
-    param_dtype = None  # dweight/dbias dtype when it differs from dtype (float16 x, float32 params)
-    fingerprints = None  # debug mode: {field name: fingerprint} of the arrays held
-    mask = count = None
+    The norm ops' fields are slots (set in __init__, cheap for the small calls); any other
+    keyword becomes an ordinary attribute (conv, pool, loss, ... keep what they need).
+    """
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    __slots__ = ("op", "backend", "family", "shape", "dtype", "x", "mean", "rstd", "weight",
+                 "has_weight", "has_bias", "training", "param_shape", "groups",
+                 "channels_per_group", "spatial", "channels_last", "mask", "count", "param_dtype",
+                 "fingerprints", "__dict__")
+
+    def __init__(self, op, backend=None, shape=None, dtype=None, *, family=None, x=None,
+                 mean=None, rstd=None, weight=None, has_weight=False, has_bias=False,
+                 training=False, param_shape=None, groups=None, channels_per_group=None,
+                 spatial=None, channels_last=False, mask=None, count=None, **fields):
+        self.op, self.backend, self.shape, self.dtype, self.family = op, backend, shape, dtype, family
+        self.x, self.mean, self.rstd, self.weight = x, mean, rstd, weight
+        self.has_weight, self.has_bias, self.training = has_weight, has_bias, training
+        self.param_shape = param_shape
+        # row_norm: x viewed as (N*groups, channels_per_group*spatial)
+        self.groups, self.channels_per_group, self.spatial = groups, channels_per_group, spatial
+        self.channels_last = channels_last  # x was channels-last (self.x its (N*S, C, 1) view)
+        self.mask, self.count = mask, count  # masked BatchNorm: the selection and its size
+        self.param_dtype = None  # dweight/dbias dtype when it differs from dtype (float16 x)
+        self.fingerprints = None  # debug mode: {field name: fingerprint} of the arrays held
+        if fields:
+            self.__dict__.update(fields)
         if _debug:
-            self.fingerprints = {name: fingerprint(v) for name, v in fields.items()
+            named = {"x": x, "mean": mean, "rstd": rstd, "weight": weight, "mask": mask, **fields}
+            self.fingerprints = {name: fingerprint(v) for name, v in named.items()
                                  if _backend.device_of(v) is not None}
 
 
 def prod(dims):
     """The product of a shape's dims as a Python int (1 for an empty shape)."""
-    return math.prod(int(d) for d in dims)
+    p = math.prod(dims)
+    return p if type(p) is int else math.prod(int(d) for d in dims)
 
 
 def check_saved(saved, *ops):

@@ -50,9 +50,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padd
         kernel = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
         raise ValueError(f"conv2d: the padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]}) is "
                          f"smaller than kernel_size {(KH, KW)} (dilated: {kernel})")
-    y, cols = be.conv.forward(x, be.contiguous(weight), bias, stride, padding, dilation, groups,
+    y, kept = be.conv.forward(x, be.contiguous(weight), bias, stride, padding, dilation, groups,
                               (OH, OW))
-    saved.cols, saved.conv_in_shape, saved.shape = cols, tuple(x.shape), tuple(y.shape)
+    saved.kept, saved.conv_in_shape, saved.shape = kept, tuple(x.shape), tuple(y.shape)
     return y, saved
 
 
@@ -66,7 +66,7 @@ def conv2d_backward(dy, saved, input_grad=True, weight_grad=True):
     check_saved(saved, "conv2d")
     be = saved.backend
     dy = be.contiguous(grad_output(dy, saved))
-    dx, dweight, dbias = be.conv.backward(dy, saved.cols, be.contiguous(saved.weight),
+    dx, dweight, dbias = be.conv.backward(dy, saved.kept, be.contiguous(saved.weight),
                                           saved.conv_in_shape, saved.stride, saved.padding,
                                           saved.dilation, saved.groups, saved.has_bias,
                                           bool(input_grad), bool(weight_grad))

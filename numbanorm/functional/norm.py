@@ -89,17 +89,37 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
     with the arrays as the backend computes on them and S = prod(spatial). dtypes: x's accepted
     dtypes (the message's list; float16 x never gets here, see _half).
     """
+    if (type(x) is np.ndarray and x.dtype in dtypes and x.ndim >= min_ndim
+            and _common_params(x, weight, bias, running_mean, running_var)
+            and (running_mean is None) == (running_var is None)
+            and type(eps) is float and eps > 0 and type(momentum) is float and 0 <= momentum <= 1):
+        # the common case, every check below passes: the same result without the calls
+        shape = x.shape
+        return (_backend.get("cpu"), x, weight, bias, running_mean, running_var, x.dtype,
+                shape[0], shape[1], prod(shape[2:]), eps, momentum)
     be, a = _backend.select(x=x, weight=weight, bias=bias,
                             running_mean=running_mean, running_var=running_var)
-    x = a["x"]
+    x, weight, bias, running_mean, running_var = a.values()
     dtype = check.float_array("x", x, dtypes)
     check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        check.param(name, a[name], (C,), dtype)
-    check.running_pair(a["running_mean"], a["running_var"])
-    return (be, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], dtype,
+    shape = (C,)
+    check.param("weight", weight, shape, dtype)
+    check.param("bias", bias, shape, dtype)
+    check.param("running_mean", running_mean, shape, dtype)
+    check.param("running_var", running_var, shape, dtype)
+    check.running_pair(running_mean, running_var)
+    return (be, x, weight, bias, running_mean, running_var, dtype,
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
+
+
+def _common_params(x, *params):
+    """Whether each of params is None or a NumPy (C,) array of x's dtype, C = x.shape[1]."""
+    for p in params:
+        if p is not None and not (type(p) is np.ndarray and p.ndim == 1
+                                  and p.shape[0] == x.shape[1] and p.dtype == x.dtype):
+            return False
+    return True
 
 
 def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
@@ -141,7 +161,8 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
             f"Expected more than 1 value per channel when training, got x of shape "
             f"{tuple(x.shape)} (N={N}, spatial size={S})"
         )
-    training = bool(training)
+    training = training is True or bool(training)
+    shape = tuple(x.shape)
     if N * C * S == 0:
         return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
     channels_last = _is_channels_last(be, x)
@@ -151,13 +172,12 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
         x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
                                              running_mean, running_var, momentum)
-    saved = Saved(op="channel", backend=be, family="channel", shape=tuple(x.shape), dtype=dtype, x=x3,
-                  mean=mean, rstd=rstd, weight=weight, has_weight=weight is not None,
-                  has_bias=bias is not None, param_shape=(C,), training=training,
-                  channels_last=channels_last)
+    saved = Saved("channel", be, shape, dtype, family="channel", x=x3, mean=mean, rstd=rstd,
+                  weight=weight, has_weight=weight is not None, has_bias=bias is not None,
+                  param_shape=(C,), training=training, channels_last=channels_last)
     if channels_last:
-        return _from_channels_last(y3, saved.shape), saved
-    return y3.reshape(tuple(x.shape)), saved
+        return _from_channels_last(y3, shape), saved
+    return y3.reshape(shape), saved
 
 
 def batch_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -226,41 +246,64 @@ def _constant(be, shape, value, dtype):
 
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
-    C = G * Cg
-    w = weight if weight is not None else _constant(be, (C,), 1.0, dtype)
-    b = bias if bias is not None else _constant(be, (C,), 0.0, dtype)
+    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, dtype)
+    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, dtype)
     x2 = be.contiguous(x).reshape(N * G, Cg * S)
     y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
-    saved = Saved(op="row", backend=be, family="row", shape=tuple(x.shape), dtype=dtype, x=x2, mean=mean,
-                  rstd=rstd, weight=w, has_weight=weight is not None, has_bias=bias is not None,
+    shape = tuple(x.shape)
+    saved = Saved("row", be, shape, dtype, family="row", x=x2, mean=mean, rstd=rstd, weight=w,
+                  has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
                   spatial=S)
-    return y2.reshape(tuple(x.shape)), saved
+    return y2.reshape(shape), saved
 
 
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
+    if (type(x) is np.ndarray and x.dtype in check.FLOAT_DTYPES and type(normalized_shape) is tuple
+            and len(normalized_shape) == 1 and x.ndim >= 2 and x.shape[-1] == normalized_shape[0]
+            and type(normalized_shape[0]) is int and x.shape[-1] > 0 and x.size > 0
+            and _row_params(x, weight) and _row_params(x, bias) and type(eps) is float and eps > 0):
+        # the common case, every check below passes: the same result without the calls
+        M = normalized_shape[0]
+        return _row_forward(_backend.get("cpu"), x, x.dtype, weight, bias, eps, x.size // M, 1,
+                            M, 1, normalized_shape)
     if _is_half(x):
         return _half(lambda x, w, b: layer_norm(x, normalized_shape, w, b, eps), x,
                      dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
+    x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
     shape = check.normalized_shape(normalized_shape)
-    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
+    x_shape = tuple(x.shape)
+    lead = len(x_shape) - len(shape)
+    if lead < 0 or x_shape[lead:] != shape:
         raise ValueError(
-            f"x's trailing dims must equal normalized_shape {shape}, got x of shape {tuple(x.shape)}"
+            f"x's trailing dims must equal normalized_shape {shape}, got x of shape {x_shape}"
         )
     check.param("weight", weight, shape, dtype)
     check.param("bias", bias, shape, dtype)
     eps = check.eps(eps)
     M = prod(shape)
-    R = prod(x.shape[: len(x.shape) - len(shape)])
+    R = prod(x_shape[:lead])
     if R * M == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, shape)
-    flat = lambda p: None if p is None else be.contiguous(p).reshape(M)
-    return _row_forward(be, x, dtype, flat(weight), flat(bias), eps, R, 1, M, 1, shape)
+    return _row_forward(be, x, dtype, _flat(be, weight, M), _flat(be, bias, M), eps, R, 1, M, 1,
+                        shape)
+
+
+def _row_params(x, p):
+    """Whether p is None or a C-contiguous NumPy (M,) array of x's dtype, M = x.shape[-1]."""
+    return p is None or (type(p) is np.ndarray and p.ndim == 1 and p.shape[0] == x.shape[-1]
+                         and p.dtype == x.dtype and p.flags.c_contiguous)
+
+
+def _flat(be, p, M):
+    """A LayerNorm parameter as a contiguous (M,) array (None stays None)."""
+    if p is None or (len(p.shape) == 1 and be.is_contiguous(p)):
+        return p
+    return be.contiguous(p).reshape(M)
 
 
 def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -282,7 +325,7 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
         return _half(lambda x, w, b: group_norm(x, num_groups, w, b, eps), x,
                      dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
-    x, weight, bias = a["x"], a["weight"], a["bias"]
+    x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
     check.min_ndim("x", x, 2, "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
@@ -349,7 +392,7 @@ def instance_norm_backward(dy: Array, saved: Saved) -> Grads:
     forward saved was modified in place) before computing. Returns (dx, dweight, dbias), None
     for a parameter the forward did not get. Consumes nothing: saved stays valid, so a rejected
     call can be corrected and retried."""
-    return _backward(dy, saved, getattr(saved, "family", "row"))
+    return _backward(dy, saved, getattr(saved, "family", None) or "row")
 
 
 # ---------------------------------------------------------------- shared backward
@@ -384,7 +427,13 @@ def _backward(dy, saved, family):
         dx, dweight, dbias = be.row_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                   saved.weight, saved.groups,
                                                   saved.channels_per_group, saved.spatial)
-    dw = be.cast(dweight, param_dtype).reshape(saved.param_shape) if saved.has_weight else None
-    db = be.cast(dbias, param_dtype).reshape(saved.param_shape) if saved.has_bias else None
+    dw = _param_grad(be, dweight, param_dtype, saved.param_shape) if saved.has_weight else None
+    db = _param_grad(be, dbias, param_dtype, saved.param_shape) if saved.has_bias else None
     dx = _from_channels_last(dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
     return be.cast(dx, saved.dtype), dw, db
+
+
+def _param_grad(be, grad, dtype, shape):
+    """A kernel's (C,) parameter gradient as the parameter's dtype and shape."""
+    grad = be.cast(grad, dtype)
+    return grad if grad.shape == shape else grad.reshape(shape)

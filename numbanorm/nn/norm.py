@@ -29,19 +29,23 @@ class _Norm(OpModule):
         """dx of functional_backward(dy, saved) -> (dx, dweight, dbias); consumes the saved
         state and accumulates weight.grad / bias.grad only when it succeeds."""
         saved = self._pending()
+        weight, bias = self.weight, self.bias
         # a frozen parameter's gradient is neither returned nor, where avoidable, computed
-        saved.has_weight = saved.has_weight and wants_grad(self.weight)
-        saved.has_bias = saved.has_bias and wants_grad(self.bias)
+        saved.has_weight = saved.has_weight and wants_grad(weight)
+        saved.has_bias = saved.has_bias and wants_grad(bias)
         dx, dweight, dbias = functional_backward(dy, saved)
         self._release()
-        self._accumulate_grad(self.weight, dweight) if self.weight is not None else None
-        self._accumulate_grad(self.bias, dbias) if self.bias is not None else None
+        if dweight is not None:
+            self._accumulate_grad(weight, dweight)
+        if dbias is not None:
+            self._accumulate_grad(bias, dbias)
         return dx
 
     def _check_input(self, x):
         """x must be an array (the functional API's TypeError naming x) of an accepted ndim
         (the functional op checks the rest)."""
-        _backend.select(x=x)
+        if type(x) is not np.ndarray:
+            _backend.select(x=x)
         ndims = self._input_ndims
         if ndims is not None and len(x.shape) not in ndims:
             want = " or ".join(f"{d}D" for d in ndims)
@@ -74,7 +78,7 @@ class _NormBase(_Norm):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def _check_input(self, x):
-        super()._check_input(x)
+        _Norm._check_input(self, x)
         if int(x.shape[1]) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expected {self.num_features} channels "
@@ -120,7 +124,7 @@ class _BatchNorm(_NormBase):
                                 self.running_var if pass_running else None,
                                 use_batch_stats, momentum, self.eps, mask=mask)
         if counting:  # an empty batch counts too, as in PyTorch
-            self.num_batches_tracked += 1
+            _count_batch(self)
         self._keep(saved)
         return y
 
@@ -129,6 +133,16 @@ class _BatchNorm(_NormBase):
         weight.grad/bias.grad. Consumes the forward's saved state, only when it succeeds: a
         rejected dy (ValueError/TypeError) changes nothing and can be corrected and retried."""
         return self._backward(F.batch_norm_backward, dy)
+
+
+def _count_batch(layer):
+    """num_batches_tracked += 1, in place (a 0-d array item: much cheaper than `+=` through
+    Module.__setattr__)."""
+    tracked = layer.num_batches_tracked
+    if type(tracked) is np.ndarray:
+        tracked[()] += 1
+    else:
+        layer.num_batches_tracked = tracked + 1
 
 
 class BatchNorm1d(_BatchNorm):
