@@ -1,7 +1,9 @@
 """CPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats).
 
 Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C) input).
-Statistics are reduced per channel over N and S.
+Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
+float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
+load/store; elementwise math in float32); statistics and parameter gradients are float64 sums.
 
 Determinism: the work is cut into tasks whose size depends only on the shape (never on the
 thread count); each task writes its own float64 partial sums and the partials are merged in a
@@ -15,6 +17,7 @@ from numba.core.errors import NumbaPerformanceWarning
 
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
+from .half import bits, load, store, work_empty
 
 
 def _grid(N, S):
@@ -48,12 +51,12 @@ def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
         if with_dy:
             gv = dy[n, c, s0:s1]
             for s in range(xv.size):
-                g = np.float64(gv[s])
+                g = np.float64(load(gv, s))
                 a1 += g
-                a2 += g * (np.float64(xv[s]) - m)
+                a2 += g * (np.float64(load(xv, s)) - m)
         else:
             for s in range(xv.size):
-                d = np.float64(xv[s]) - m
+                d = np.float64(load(xv, s)) - m
                 a1 += d
                 a2 += d * d
     p1[b, c, k] = a1
@@ -76,12 +79,12 @@ def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
         if with_dy:
             gv = dy[n]
             for c in range(C):
-                g = np.float64(gv[c])
+                g = np.float64(load(gv, c))
                 a1[c] += g
-                a2[c] += g * (np.float64(xv[c]) - center[c])
+                a2[c] += g * (np.float64(load(xv, c)) - center[c])
         else:
             for c in range(C):
-                d = np.float64(xv[c]) - center[c]
+                d = np.float64(load(xv, c)) - center[c]
                 a1[c] += d
                 a2[c] += d * d
 
@@ -133,7 +136,9 @@ def _task_grid(N, C, S):
 def _partial_sums(x, center, dy):
     """_channel_sums with the task grid for x's shape; dy=None sums x's shifted moments."""
     samples, spatial = _task_grid(*x.shape)
-    return _channel_sums(x, center, x if dy is None else dy, dy is not None, samples, spatial, serial(x))
+    x = bits(x)
+    return _channel_sums(x, center, x if dy is None else bits(dy), dy is not None, samples, spatial,
+                         serial(x))
 
 
 def stats(x):
@@ -158,16 +163,16 @@ def _mean_var(center, s1, s2, count):
 
 @njit(cache=True)
 def _in_dtype_of(u, center, coefficient, constant):
-    """Per-channel (center_u, coefficient_u, constant_u) in u's dtype such that
-    coefficient * (u - center) + constant == coefficient_u * (u - center_u) + constant_u.
+    """Per-channel (center_u, coefficient_u, constant_u) in u's work type (float32 for float16)
+    such that coefficient * (u - center) + constant == coefficient_u * (u - center_u) + constant_u.
 
     The elementwise passes then run at u's vector width: u - center_u is exact for data near
     the center (large means included), and center's rounding is folded into the constant.
     """
     C = center.size
-    center_u = np.empty(C, u.dtype)
-    coefficient_u = np.empty(C, u.dtype)
-    constant_u = np.empty(C, u.dtype)
+    center_u = work_empty(u, C)
+    coefficient_u = work_empty(u, C)
+    constant_u = work_empty(u, C)
     for c in range(C):
         center_u[c] = center[c]
         coefficient_u[c] = coefficient[c]
@@ -183,13 +188,13 @@ def _affine_task(t, u, center, scale, offset, out):
     if S == 1:
         uv, ov = u[t].reshape(C), out[t].reshape(C)  # contiguous views: vectorised
         for c in range(C):
-            ov[c] = (uv[c] - center[c]) * scale[c] + offset[c]
+            store(ov, c, (load(uv, c) - center[c]) * scale[c] + offset[c])
     else:
         n, c = t // C, t % C
         m, a, b = center[c], scale[c], offset[c]
         uv, ov = u[n, c], out[n, c]
         for s in range(S):
-            ov[s] = (uv[s] - m) * a + b
+            store(ov, s, (load(uv, s) - m) * a + b)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -208,32 +213,32 @@ def _affine(u, center, scale, offset, out, serial):
 def affine(u, center, scale, offset):
     """out[n, c, s] = (u[n, c, s] - center[c]) * scale[c] + offset[c]; float64 (C,) coefficients."""
     out = _memory.empty_like(u)
-    _affine(u, center, scale, offset, out, serial(u))
+    _affine(bits(u), center, scale, offset, bits(out), serial(u))
     return out
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dx_task(t, x, dy, mean, a, b, d, dx):
     """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d
-    in x's dtype."""
+    in x's work type."""
     N, C, S = x.shape
     if S == 1:
         xv, gv, ov = x[t].reshape(C), dy[t].reshape(C), dx[t].reshape(C)
         for c in range(C):
-            ov[c] = a[c] * gv[c] + b[c] * (xv[c] - mean[c]) + d[c]
+            store(ov, c, a[c] * load(gv, c) + b[c] * (load(xv, c) - mean[c]) + d[c])
     else:
         n, c = t // C, t % C
         ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
         xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
         for s in range(S):
-            ov[s] = ac * gv[s] + bc * (xv[s] - mc) + dc
+            store(ov, s, ac * load(gv, s) + bc * (load(xv, s) - mc) + dc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward_dx(x, dy, mean, a, b, d, dx, serial):
     N, C, S = x.shape
     mean, b, d = _in_dtype_of(x, mean, b, d)
-    a_x = np.empty(C, x.dtype)
+    a_x = work_empty(x, C)
     for c in range(C):
         a_x[c] = a[c]
     T = N if S == 1 else N * C
@@ -288,8 +293,8 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     N, C, S = x.shape
     if training:
         y = _memory.empty_like(x)
-        mean, rstd = _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
-                                    *_task_grid(N, C, S), y, serial(x))
+        mean, rstd = _train_forward(bits(x), weight, bias, eps, running_mean, running_var,
+                                    momentum, *_task_grid(N, C, S), bits(y), serial(x))
         return y, mean, rstd
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
@@ -312,7 +317,7 @@ def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, sa
     N, C, S = x.shape
     center = np.empty(C)
     for c in range(C):
-        center[c] = x[0, c, 0]
+        center[c] = load(x, (0, c, 0))
     s1, s2 = _channel_sums(x, center, x, False, samples, spatial, serial)
     mean, rstd, scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
                                                       running_mean, running_var, momentum)
@@ -349,7 +354,7 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
         zeros = np.zeros(x.shape[1])
         return affine(dy, zeros, a, zeros), dweight, sum_dy
     dx = _memory.empty_like(x)
-    _backward_dx(x, dy, mean, a, b, d, dx, serial(x))
+    _backward_dx(bits(x), bits(dy), mean, a, b, d, bits(dx), serial(x))
     return dx, dweight, sum_dy
 
 
@@ -358,12 +363,12 @@ def backward(x, dy, mean, rstd, weight, training):
     N, C, S = x.shape
     if training:
         dx = _memory.empty_like(x)
-        dweight, dbias = _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx,
-                                         serial(x))
+        dweight, dbias = _train_backward(bits(x), bits(dy), mean, rstd, weight,
+                                         *_task_grid(N, C, S), bits(dx), serial(x))
         return dx, dweight, dbias
     if S > 1:
         dx = _memory.empty_like(x)
-        dweight, dbias = _eval_backward(x, dy, mean, rstd, weight, dx, serial(x))
+        dweight, dbias = _eval_backward(bits(x), bits(dy), mean, rstd, weight, bits(dx), serial(x))
         return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
     return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
@@ -379,10 +384,10 @@ def _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2):
     s1 = 0.0
     s2 = 0.0
     for s in range(S):
-        g = gv[s]
-        ov[s] = a * g
+        g = load(gv, s)
+        store(ov, s, a * g)
         s1 += g
-        s2 += g * (xv[s] - m)
+        s2 += g * (load(xv, s) - m)
     p1[n, c] = s1
     p2[n, c] = s2
 
@@ -393,8 +398,8 @@ def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
     were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias are taken in the
     same pass and merged in plane order. Returns (dweight, dbias) float64 (C,)."""
     N, C, S = x.shape
-    mean_x = np.empty(C, x.dtype)
-    a_x = np.empty(C, x.dtype)
+    mean_x = work_empty(x, C)
+    a_x = work_empty(x, C)
     for c in range(C):
         mean_x[c] = mean[c]
         a_x[c] = rstd[c] if weight is None else rstd[c] * weight[c]
