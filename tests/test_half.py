@@ -18,10 +18,12 @@ def f64(a):
     return None if a is None else np.asarray(a, np.float64)
 
 
-def assert_half_close(got, want):
-    """got (float16) is the float16 rounding of the float64 want, up to one float16 ulp."""
+def assert_half_close(got, want, atol=0.0):
+    """got (float16) is the float16 rounding of the float64 want, up to one float16 ulp (or atol,
+    where that is larger: the float32 arithmetic's error on an output near 0 such as
+    xhat * w + b ~ 0 is ~1e-7, more than the ulp of a float16 that small)."""
     assert got.dtype == HALF and got.shape == want.shape
-    ulp = np.spacing(np.abs(want).astype(HALF)).astype(np.float64)
+    ulp = np.maximum(np.spacing(np.abs(want).astype(HALF)).astype(np.float64), atol)
     assert np.all(np.abs(got.astype(np.float64) - want) <= ulp), np.max(np.abs(got - want) / ulp)
 
 
@@ -182,3 +184,81 @@ def test_half_masked_batch_norm_matches_float32():
     dx32, dw32, db32 = F.batch_norm_backward(dy.astype(np.float32), saved32)
     np.testing.assert_array_equal(dx, dx32.astype(HALF))
     np.testing.assert_array_equal(dw, dw32)
+
+
+# the parallel kernels (x above SERIAL_BELOW, several tasks), mean 1e3 + unit noise: each op's
+# (forward, backward, reference forward, reference backward, parameter count)
+LARGE_OPS = {
+    "batch_norm-train": ((8, 16, 40, 40), lambda x, w, b: F.batch_norm(x, w, b, None, None, True),
+                         F.batch_norm_backward, lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                         lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "batch_norm-train-short-rows": ((64, 32, 7, 7), lambda x, w, b: F.batch_norm(x, w, b),
+                                    F.batch_norm_backward, lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                                    lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "batch_norm-1d": ((4096, 24), lambda x, w, b: F.batch_norm(x, w, b), F.batch_norm_backward,
+                      lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                      lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "layer_norm": ((512, 96), lambda x, w, b: F.layer_norm(x, 96, w, b), F.layer_norm_backward,
+                   lambda x, w, b: ref.layer_norm(x, (96,), w, b),
+                   lambda dy, x, w: ref.layer_norm_backward(dy, x, (96,), w)),
+    "group_norm": ((8, 64, 20, 20), lambda x, w, b: F.group_norm(x, 8, w, b), F.group_norm_backward,
+                   lambda x, w, b: ref.group_norm(x, 8, w, b),
+                   lambda dy, x, w: ref.group_norm_backward(dy, x, 8, w)),
+    "instance_norm": ((8, 16, 30, 30), lambda x, w, b: F.instance_norm(x, w, b),
+                      F.instance_norm_backward, lambda x, w, b: ref.instance_norm(x, w, b)[0],
+                      lambda dy, x, w: ref.instance_norm_backward(dy, x, w)),
+}
+
+
+@pytest.mark.parametrize("op", LARGE_OPS)
+def test_half_large_mean_parallel_deterministic(op):
+    """Large inputs take the parallel float16 kernels: y is the float16 rounding of the float64
+    reference (mean 1e3), gradients match it, saved keeps x itself (no float32 copy), and the
+    results are bitwise the same for 1 and 2 threads."""
+    import numba
+
+    shape, forward, backward, ref_forward, ref_backward = LARGE_OPS[op]
+    pshape = (shape[-1],) if op == "layer_norm" else (shape[1],)
+    rng = np.random.default_rng(3)
+    x = (1e3 + rng.standard_normal(shape)).astype(HALF)
+    dy = rng.standard_normal(shape).astype(HALF)
+    w = (1 + 0.5 * rng.standard_normal(pshape)).astype(np.float32)
+    b = rng.standard_normal(pshape).astype(np.float32)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            y, saved = forward(x, w, b)
+            assert np.shares_memory(saved.x, x)
+            results.append((y, *backward(dy, saved)))
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(results[0], results[-1]):
+        assert a.dtype == c.dtype
+        np.testing.assert_array_equal(a.view(np.uint8), c.view(np.uint8))
+    y, dx, dw, db = results[0]
+    assert_half_close(y, ref_forward(f64(x), f64(w), f64(b)), atol=2.0**-20)
+    for got, want, dt in zip((dx, dw, db), ref_backward(f64(dy), f64(x), f64(w)),
+                             (HALF, np.float32, np.float32)):
+        assert_grad_close(got, want, dt)
+
+
+def test_half_loads_and_stores_in_jitted_code():
+    """numbanorm.cpu.half's load/store/work in a jitted function, for each dtype a kernel gets."""
+    from numba import njit
+
+    from numbanorm.cpu.half import bits, load, store, work
+
+    @njit
+    def axpb(x, out):
+        for i in range(x.size):
+            store(out, i, load(x, i) * work(x, 2.0) + work(x, 0.5))
+
+    for dtype in (HALF, np.float32, np.float64):
+        x = np.array([1.0, -3.5, 6e-8, 65504.0, np.inf], dtype)
+        out = np.empty_like(x)
+        with np.errstate(over="ignore"):
+            want = (x.astype(np.float32 if dtype == HALF else dtype) * 2 + 0.5).astype(dtype)
+        axpb(bits(x), bits(out))
+        np.testing.assert_array_equal(out, want)
