@@ -262,3 +262,15 @@ def test_half_loads_and_stores_in_jitted_code():
             want = (x.astype(np.float32 if dtype == HALF else dtype) * 2 + 0.5).astype(dtype)
         axpb(bits(x), bits(out))
         np.testing.assert_array_equal(out, want)
+
+
+def test_half_arguments_by_keyword_and_position():
+    x, _, w, b = inputs((4, 6, 5), np.float32)
+    y, _ = F.batch_norm(x, w, b)
+    np.testing.assert_array_equal(F.batch_norm(x=x, bias=b, weight=w)[0], y)
+    np.testing.assert_array_equal(F.instance_norm(x, w, b)[0],
+                                  F.instance_norm(x, weight=w, bias=b, eps=1e-5)[0])
+    with pytest.raises(TypeError, match="multiple values for argument 'weight'"):
+        F.batch_norm(x, w, weight=w)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'wieght'"):
+        F.group_norm(x, 2, wieght=w)

@@ -54,25 +54,27 @@ def _accepts_half(*params, running=()):
     statistics written back after the op succeeded). On the CPU the op gets x itself (the
     kernels read float16); other backends get a float32 copy, y rounded back to float16."""
     def decorate(op):
-        signature = inspect.signature(op)
+        names = list(inspect.signature(op).parameters)
 
         @functools.wraps(op)
         def forward(*args, **kwargs):
             x = args[0] if args else kwargs.get("x")
             if getattr(x, "dtype", None) != HALF:
                 return op(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            a = bound.arguments
-            be, arrays = _backend.select(**{n: a.get(n) for n in ("x", *params, *running)})
+            given = dict(zip(names, args))
+            if len(args) > len(names) or given.keys() & kwargs.keys():
+                return op(*args, **kwargs)  # Python's own TypeError
+            given.update(kwargs)
+            be, arrays = _backend.select(**{n: given.get(n) for n in ("x", *params, *running)})
             param_dtype = check.half_param_dtype(**{n: arrays[n] for n in (*params, *running)})
-            for n in (*params, *running):
-                if arrays[n] is not None:
-                    a[n] = be.cast(arrays[n], FLOAT32)
-            a["x"] = arrays["x"] if be.name == "cpu" else be.cast(arrays["x"], FLOAT32)
-            y, saved = op(*bound.args, **bound.kwargs)
+            as32 = {n: be.cast(arrays[n], FLOAT32) for n in (*params, *running)
+                    if arrays[n] is not None}
+            given.update(as32)
+            given["x"] = arrays["x"] if be.name == "cpu" else be.cast(arrays["x"], FLOAT32)
+            y, saved = op(**given)
             for n in running:
-                if arrays[n] is not None and a[n] is not arrays[n]:
-                    be.copy_(arrays[n], a[n])
+                if n in as32 and as32[n] is not arrays[n]:
+                    be.copy_(arrays[n], as32[n])
             saved.dtype, saved.param_dtype = HALF, param_dtype
             return be.cast(y, HALF), saved
         return forward
