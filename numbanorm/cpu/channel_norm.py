@@ -4,6 +4,7 @@ Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C
 Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
 float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
 load/store; elementwise math in float32); statistics and parameter gradients are float64 sums.
+The eval-mode backward's one-pass kernel is in numbanorm.cpu.channel_norm_eval.
 
 Determinism: the work is cut into tasks whose size depends only on the shape (never on the
 thread count); each task writes its own float64 partial sums and the partials are merged in a
@@ -15,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaPerformanceWarning
 
-from . import _memory
+from . import _memory, channel_norm_eval
 from ._parallel import FASTMATH, TASK_SIZE, serial
 from .half import bits, load, store, work_empty
 
@@ -375,61 +376,11 @@ def backward(x, dy, mean, rstd, weight, training):
         return dx, dweight, dbias
     if S > 1:
         dx = _memory.empty_like(x)
-        dweight, dbias = _eval_backward(bits(x), bits(dy), mean, rstd, weight, bits(dx), serial(x))
+        dweight, dbias = channel_norm_eval.backward(bits(x), bits(dy), mean, rstd, weight, bits(dx),
+                                                    serial(x))
         return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
     return backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, N * S)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2):
-    """Plane t = (n, c): dx = a*dy, and the plane's sums of dy and dy * (x - mean_x)."""
-    N, C, S = x.shape
-    n, c = t // C, t % C
-    m, a = mean_x[c], a_x[c]
-    xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
-    s1 = 0.0
-    s2 = 0.0
-    for s in range(S):
-        g = load(gv, s)
-        store(ov, s, a * g)
-        s1 += g
-        s2 += g * (load(xv, s) - m)
-    p1[n, c] = s1
-    p2[n, c] = s2
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _eval_backward(x, dy, mean, rstd, weight, dx, serial):
-    """The eval-mode backward of an (N, C, S > 1) array in one pass over (x, dy): the statistics
-    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias are taken in the
-    same pass and merged in plane order. Returns (dweight, dbias) float64 (C,)."""
-    N, C, S = x.shape
-    mean_x = work_empty(x, C)
-    a_x = work_empty(x, C)
-    for c in range(C):
-        mean_x[c] = mean[c]
-        a_x[c] = rstd[c] if weight is None else rstd[c] * weight[c]
-    p1 = np.empty((N, C))
-    p2 = np.empty((N, C))
-    if serial:
-        for t in range(N * C):
-            _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2)
-    else:
-        for t in prange(N * C):
-            _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2)
-    dweight = np.empty(C)
-    dbias = np.empty(C)
-    for c in range(C):  # loops, not np.zeros / array expressions: those would be parfors
-        s1 = 0.0
-        s2 = 0.0
-        for n in range(N):
-            s1 += p1[n, c]
-            s2 += p2[n, c]
-        # sum(dy * (x - mean)) = sum(dy * (x - mean_x)) + (mean_x - mean) * sum(dy)
-        dweight[c] = (s2 + (np.float64(mean_x[c]) - mean[c]) * s1) * rstd[c]
-        dbias[c] = s1
-    return dweight, dbias
 
 
 @njit(parallel=True, cache=True)  # parallel=True: see _train_forward
