@@ -1,7 +1,9 @@
-"""float16 data in the CPU kernels: Numba has no CPU float16 type, so a float16 array goes to a
+"""16-bit data in the CPU kernels: Numba has no CPU float16 type, so a float16 array goes to a
 kernel as its uint16 bits (`bits(a)`) and the kernel reads and writes it through `load` and
 `store`, which convert with LLVM's `half` type (F16C vcvtph2ps / vcvtps2ph on x86: vectorised,
 bit-exact with NumPy's astype, round to nearest even, subnormals, infinities and NaN kept).
+A bfloat16 array (ml_dtypes, optional) goes as its int16 bits: float32's top 16 bits, read by a
+shift and written rounded to nearest even (bit-exact with ml_dtypes' astype).
 
 For float32/float64 arrays `load`/`store` are plain indexing, so one kernel body serves every
 dtype; `work(a, v)` / `work_empty(a, n)` give the elementwise work type of a's data (float32 for
@@ -13,10 +15,12 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .._validate import BFLOAT16
 from . import _memory
 from ._parallel import TASK_SIZE, serial
 
 BITS = np.dtype(np.uint16)  # how a float16 array reaches a kernel
+BF16_BITS = np.dtype(np.int16)  # how a bfloat16 (ml_dtypes) array reaches a kernel
 
 
 @intrinsic
@@ -33,19 +37,51 @@ def _float_to_half(typingctx, v):
     return types.uint16(types.float32), codegen
 
 
+@intrinsic
+def _bfloat_to_float(typingctx, b):
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        high = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(high, ir.FloatType())
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _float_to_bfloat(typingctx, v):
+    """Round to nearest even on the bits (bfloat16 is float32's top half); NaN stays quiet NaN."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        lsb = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+        rounded = builder.add(u, builder.add(lsb, ir.Constant(i32, 0x7FFF)))
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        r = builder.select(nan, builder.or_(u, ir.Constant(i32, 0x00400000)), rounded)
+        return builder.trunc(builder.lshr(r, ir.Constant(i32, 16)), ir.IntType(16))
+    return types.int16(types.float32), codegen
+
+
 def bits(a):
-    """The array a kernel takes for a: the uint16 view of a float16 array, else a itself."""
-    return a.view(BITS) if a.dtype == np.float16 else a
+    """The array a kernel takes for a: the uint16 view of a float16 array, the int16 view of a
+    bfloat16 one, else a itself."""
+    if a.dtype == np.float16:
+        return a.view(BITS)
+    return a.view(BF16_BITS) if BFLOAT16 is not None and a.dtype == BFLOAT16 else a
 
 
 def load(a, i):
-    """a[i] in a's work type: the float32 value of float16 bits, else a[i] itself."""
-    return np.float32(a[i].view(np.float16)) if a.dtype == BITS else a[i]
+    """a[i] in a's work type: the float32 value of float16 / bfloat16 bits, else a[i] itself."""
+    if a.dtype in (BITS, BF16_BITS):
+        return np.float32(a[i].view(np.float16 if a.dtype == BITS else BFLOAT16))
+    return a[i]
 
 
 def store(a, i, v):
-    """a[i] = v; for float16 bits v is rounded to float32, then to float16 (nearest even)."""
-    a[i] = np.float16(np.float32(v)).view(BITS) if a.dtype == BITS else v
+    """a[i] = v; for float16 / bfloat16 bits v is rounded to float32, then to the 16-bit type
+    (nearest even)."""
+    if a.dtype in (BITS, BF16_BITS):
+        a[i] = np.float32(v).astype(np.float16 if a.dtype == BITS else BFLOAT16).view(a.dtype)
+    else:
+        a[i] = v
 
 
 def work(a, v):
@@ -62,6 +98,8 @@ def work_empty(a, n):
 def _load(a, i):
     if a.dtype == types.uint16:
         return lambda a, i: _half_to_float(a[i])
+    if a.dtype == types.int16:
+        return lambda a, i: _bfloat_to_float(a[i])
     return lambda a, i: a[i]
 
 
@@ -69,6 +107,8 @@ def _load(a, i):
 def _store(a, i, v):
     if a.dtype == types.uint16:
         return lambda a, i, v: _set(a, i, _float_to_half(np.float32(v)))
+    if a.dtype == types.int16:
+        return lambda a, i, v: _set(a, i, _float_to_bfloat(np.float32(v)))
     return lambda a, i, v: _set(a, i, v)
 
 
@@ -113,11 +153,13 @@ def _convert_task(t, src, out):
 
 def converts(src, dst):
     """Whether this module converts dtype src to dtype dst."""
-    return {np.dtype(src), np.dtype(dst)} == {np.dtype(np.float16), np.dtype(np.float32)}
+    pair = {np.dtype(src), np.dtype(dst)}
+    return pair == {np.dtype(np.float16), np.dtype(np.float32)} or pair == {BFLOAT16, np.dtype(np.float32)}
 
 
 def convert(a, dtype):
-    """A C-contiguous float16 array as float32 or a float32 one as float16 (a new C array)."""
+    """A C-contiguous float16 / bfloat16 array as float32 or a float32 one as float16 /
+    bfloat16 (a new C array)."""
     out = _memory.empty(a.shape, dtype)
     _convert(bits(a).reshape(-1), bits(out).reshape(-1), serial(a))
     return out

@@ -17,7 +17,7 @@ mixed-precision convention, or float16, all of one dtype; float16 ones are compu
 float32 copies). The CPU kernels read x/dy and write y/dx in float16 themselves (float32
 elementwise math); other backends get float32 copies of x/dy and y/dx are rounded back.
 Statistics and parameter gradients are float64 sums, dweight/dbias come back in the parameters'
-dtype.
+dtype. bfloat16 x (ml_dtypes, the optional `bfloat16` extra) works the same way, CPU only.
 
 Channels-last x (BatchNorm): an x whose memory is (N, *spatial, C) in C order (NHWC for 4-D,
 NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a C-contiguous NHWC array, as
@@ -44,29 +44,34 @@ FLOAT32 = np.dtype(np.float32)
 
 
 def _param_dtype(dtype):
-    """The dtype of the parameters an op on x of `dtype` computes with (float32 for float16)."""
-    return FLOAT32 if dtype == HALF else dtype
+    """The dtype of the parameters an op on x of `dtype` computes with (float32 for 16-bit x)."""
+    return FLOAT32 if dtype in check.HALF_DTYPES else dtype
 
 
 def _accepts_half(*params, running=()):
-    """Decorator of a forward op for float16 x. params / running: the names of its parameter and
-    running-statistic arguments. They reach the op as float32 (copies of float16 ones; running
-    statistics written back after the op succeeded). On the CPU the op gets x itself (the
-    kernels read float16); other backends get a float32 copy, y rounded back to float16."""
+    """Decorator of a forward op for float16 (or bfloat16, CPU only) x. params / running: the
+    names of its parameter and running-statistic arguments. They reach the op as float32 (copies
+    of 16-bit ones; running statistics written back after the op succeeded). On the CPU the op
+    gets x itself (the kernels read 16-bit data); other backends get a float32 copy of float16
+    x, y rounded back."""
     def decorate(op):
         names = list(inspect.signature(op).parameters)
 
         @functools.wraps(op)
         def forward(*args, **kwargs):
             x = args[0] if args else kwargs.get("x")
-            if getattr(x, "dtype", None) != HALF:
+            if getattr(x, "dtype", None) not in check.HALF_DTYPES:
                 return op(*args, **kwargs)
             given = dict(zip(names, args))
             if len(args) > len(names) or given.keys() & kwargs.keys():
                 return op(*args, **kwargs)  # Python's own TypeError
             given.update(kwargs)
             be, arrays = _backend.select(**{n: given.get(n) for n in ("x", *params, *running)})
-            param_dtype = check.half_param_dtype(**{n: arrays[n] for n in (*params, *running)})
+            dtype = np.dtype(x.dtype)
+            if dtype != HALF and be.name != "cpu":
+                raise TypeError(f"x of dtype {dtype} is supported on the CPU backend only "
+                                f"(float16 on every backend)")
+            param_dtype = check.half_param_dtype(dtype, **{n: arrays[n] for n in (*params, *running)})
             as32 = {n: be.cast(arrays[n], FLOAT32) for n in (*params, *running)
                     if arrays[n] is not None}
             given.update(as32)
@@ -75,8 +80,8 @@ def _accepts_half(*params, running=()):
             for n in running:
                 if n in as32 and as32[n] is not arrays[n]:
                     be.copy_(arrays[n], as32[n])
-            saved.dtype, saved.param_dtype = HALF, param_dtype
-            return be.cast(y, HALF), saved
+            saved.dtype, saved.param_dtype = dtype, param_dtype
+            return be.cast(y, dtype), saved
         return forward
     return decorate
 
@@ -373,7 +378,7 @@ def _backward(dy, saved, family):
         zeros = lambda: be.full(saved.param_shape, 0.0, param_dtype)
         return (be.empty(saved.shape, saved.dtype),
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
-    if saved.dtype == HALF:
+    if saved.dtype in check.HALF_DTYPES:
         dy = be.cast(dy, saved.x.dtype)  # float32 where the forward computed on a float32 copy
     if saved.channels_last:
         dy = np.moveaxis(dy, 1, -1)  # a view of a channels-last dy, else copied below
