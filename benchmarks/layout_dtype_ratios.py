@@ -2,9 +2,9 @@
 
     python -m benchmarks.layout_dtype_ratios [threads] [rounds]
 
-For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 (float32
-parameters: mixed precision), channels-last float32 (BatchNorm) and the memory floors of both
-dtypes (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
+For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
+bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
+(BatchNorm) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
 NCHW (the issue #13 targets: float16 <= 0.75x, channels-last <= 1.1x). Interleaved rounds, best
 of `rounds` (15) per row.
 """
@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from numbanorm import functional as F
+from numbanorm._validate import BFLOAT16
 
 from . import floor
 
@@ -54,6 +55,8 @@ def _rows(op, shape, channels_last, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
     w, b = np.ones(pshape, np.float32), np.zeros(pshape, np.float32)
     data = {"float32": (x, dy), "float16": (x.astype(np.float16), dy.astype(np.float16))}
+    if BFLOAT16 is not None:
+        data["bfloat16"] = (x.astype(BFLOAT16), dy.astype(BFLOAT16))
     if channels_last:
         data["float32 channels-last"] = (_channels_last(x), _channels_last(dy))
     rows = {}
