@@ -11,9 +11,12 @@ in the fastest form measured here: fixed chunks of a flat array as parallel task
 over a sliced view from 0 (so LLVM vectorises it; `fastmath={"reassoc", "contract"}`, float64
 accumulators), partial sums added afterwards. Below SERIAL_BELOW elements the floor is one
 serial jitted call doing all the passes: for tiny inputs that call is the least any op costs.
+float16 arrays move half the bytes, read and written as the norm kernels do (numbanorm.cpu.half).
 """
 import numpy as np
 from numba import njit, prange
+
+from numbanorm.cpu.half import bits, load, store
 
 FASTMATH = {"reassoc", "contract"}
 SERIAL_BELOW = 1 << 16  # elements
@@ -30,25 +33,26 @@ def _task(t, kind, x, dy, a, b, out):
     s = 0.0
     if kind == 0:
         for i in range(xv.size):
-            s += xv[i]
+            s += load(xv, i)
     elif kind == 1:
         ov = out[lo:hi]
         for i in range(xv.size):
-            ov[i] = xv[i] * a + b
+            store(ov, i, load(xv, i) * a + b)
     else:
         gv = dy[lo:hi]
         if kind == 2:
             for i in range(xv.size):
-                s += np.float64(xv[i]) * gv[i]
+                s += np.float64(load(xv, i)) * load(gv, i)
         elif kind == 3:
             ov = out[lo:hi]
             for i in range(xv.size):
-                ov[i] = gv[i] * a + xv[i] * b
+                store(ov, i, load(gv, i) * a + load(xv, i) * b)
         else:
             ov = out[lo:hi]
             for i in range(xv.size):
-                ov[i] = gv[i] * a
-                s += np.float64(xv[i]) * gv[i]
+                g = load(gv, i)
+                store(ov, i, g * a)
+                s += np.float64(load(xv, i)) * g
     return s
 
 
@@ -71,10 +75,10 @@ def _small_forward(x, y, training):
     s = 0.0
     if training:
         for i in range(x.size):
-            s += x[i]
+            s += load(x, i)
     b = np.float32(s * 0.0 + 0.25)
     for i in range(x.size):
-        y[i] = x[i] * np.float32(0.5) + b
+        store(y, i, load(x, i) * np.float32(0.5) + b)
     return s
 
 
@@ -82,23 +86,23 @@ def _small_forward(x, y, training):
 def _small_backward(x, dy, dx, training):
     s = 0.0
     for i in range(x.size):
-        s += np.float64(x[i]) * dy[i]
+        s += np.float64(load(x, i)) * load(dy, i)
     if training:
         b = np.float32(s * 0.0 + 0.25)
         for i in range(x.size):
-            dx[i] = dy[i] * np.float32(0.5) + x[i] * b
+            store(dx, i, load(dy, i) * np.float32(0.5) + load(x, i) * b)
     else:
         for i in range(x.size):
-            dx[i] = dy[i] * np.float32(0.5)
+            store(dx, i, load(dy, i) * np.float32(0.5))
     return s
 
 
 def _flat(a):
-    return a.reshape(-1)  # a view for the C-contiguous arrays the benchmarks make
+    return bits(a).reshape(-1)  # a view for the C-contiguous arrays the benchmarks make
 
 
 def forward(x, y, training=True):
-    """Floor of a forward: x -> y (same shape, float32). Returns the (meaningless) sum."""
+    """Floor of a forward: x -> y (same shape, float32 or float16). Returns the (meaningless) sum."""
     x1, y1 = _flat(x), _flat(y)
     if x1.size < SERIAL_BELOW:
         return _small_forward(x1, y1, training)

@@ -1,9 +1,12 @@
-"""float16 and channels-last BatchNorm2d (training) against float32 NCHW, side by side in one run.
+"""float16 and channels-last norm ops against float32 NCHW, side by side in one run.
 
-    python -m benchmarks.layout_dtype_ratios [threads]
+    python -m benchmarks.layout_dtype_ratios [threads] [rounds]
 
-Interleaved rounds, best of 15 per op: prints forward/backward ms and the ratios
-channels-last / NCHW and float16 / float32 (the issue #13 targets: <= 1.1x and <= 0.75x).
+For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
+bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
+(BatchNorm) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
+NCHW (the issue #13 targets: float16 <= 0.75x, channels-last <= 1.1x). Interleaved rounds, best
+of `rounds` (15) per row.
 """
 import sys
 import time
@@ -12,38 +15,82 @@ import numba
 import numpy as np
 
 from numbanorm import functional as F
+from numbanorm._validate import BFLOAT16
+
+from . import floor
+
+OPS = [  # (op, shape, channels-last rows)
+    ("BatchNorm2d-train", (64, 64, 56, 56), True),
+    ("BatchNorm2d-train", (32, 64, 28, 28), True),
+    ("BatchNorm2d-eval", (64, 64, 56, 56), False),
+    ("LayerNorm", (4096, 1024), False),
+    ("GroupNorm", (32, 256, 28, 28), False),
+    ("InstanceNorm2d", (32, 64, 28, 28), False),
+]
 
 
-def main(threads=None):
+def _op(op, shape):
+    """(forward(x, w, b) -> (y, saved), backward(dy, saved), parameter shape)."""
+    if op.startswith("BatchNorm"):
+        training = op.endswith("train")
+        rm, rv = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
+        return (lambda x, w, b: F.batch_norm(x, w, b, rm, rv, training),
+                F.batch_norm_backward, (shape[1],))
+    if op == "LayerNorm":
+        return (lambda x, w, b: F.layer_norm(x, shape[-1], w, b), F.layer_norm_backward,
+                (shape[-1],))
+    if op == "GroupNorm":
+        return lambda x, w, b: F.group_norm(x, 32, w, b), F.group_norm_backward, (shape[1],)
+    return lambda x, w, b: F.instance_norm(x), F.instance_norm_backward, (shape[1],)
+
+
+def _channels_last(a):
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1)
+
+
+def _rows(op, shape, channels_last, rng):
+    """{row name: (forward, backward) thunks} for one op and shape."""
+    forward, backward, pshape = _op(op, shape)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w, b = np.ones(pshape, np.float32), np.zeros(pshape, np.float32)
+    data = {"float32": (x, dy), "float16": (x.astype(np.float16), dy.astype(np.float16))}
+    if BFLOAT16 is not None:
+        data["bfloat16"] = (x.astype(BFLOAT16), dy.astype(BFLOAT16))
+    if channels_last:
+        data["float32 channels-last"] = (_channels_last(x), _channels_last(dy))
+    rows = {}
+    for name, (xa, da) in data.items():
+        _, saved = forward(xa, w, b)
+        rows[name] = (lambda xa=xa: forward(xa, w, b), lambda da=da, s=saved: backward(da, s))
+    training = op != "BatchNorm2d-eval"
+    for name in ("float32", "float16"):
+        xa, da = data[name]
+        out = np.empty_like(xa)
+        rows[f"{name} floor"] = (lambda xa=xa, out=out: floor.forward(xa, out, training),
+                                 lambda xa=xa, da=da, out=out: floor.backward(xa, da, out, training))
+    return rows
+
+
+def main(threads=None, rounds=15):
     if threads:
         numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    for shape in [(32, 64, 28, 28), (64, 64, 56, 56)]:
-        N, C, H, W = shape
-        xcl = rng.standard_normal((N, H, W, C)).astype(np.float32).transpose(0, 3, 1, 2)
-        xn = np.ascontiguousarray(xcl)
-        w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
-        dy = rng.standard_normal(shape).astype(np.float32)
-        dycl = np.moveaxis(np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1, 1)
-        cases = {}
-        for name, x, d in (("float32 NCHW", xn, dy), ("float32 channels-last", xcl, dycl),
-                           ("float16 NCHW", xn.astype(np.float16), dy.astype(np.float16))):
-            _, saved = F.batch_norm(x, w, b)
-            cases[name] = (lambda x=x: F.batch_norm(x, w, b),
-                           lambda d=d, s=saved: F.batch_norm_backward(d, s))
-        best = {k: [np.inf, np.inf] for k in cases}
-        for _ in range(15):
-            for k, fns in cases.items():
+    for op, shape, channels_last in OPS:
+        rows = _rows(op, shape, channels_last, rng)
+        best = {k: [np.inf, np.inf] for k in rows}
+        for _ in range(rounds):
+            for k, fns in rows.items():
                 for i, fn in enumerate(fns):
                     t = time.perf_counter()
                     fn()
                     best[k][i] = min(best[k][i], time.perf_counter() - t)
-        base = best["float32 NCHW"]
-        print(f"BatchNorm2d-train {shape}, {numba.get_num_threads()} thread(s)")
+        base = best["float32"]
+        print(f"{op} {'x'.join(map(str, shape))}, {numba.get_num_threads()} thread(s)")
         for k, (f, g) in best.items():
             print(f"  {k:22s} forward {f * 1e3:7.2f} ms ({f / base[0]:.2f}x)  "
                   f"backward {g * 1e3:7.2f} ms ({g / base[1]:.2f}x)")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else None)
+    main(*(int(a) for a in sys.argv[1:3]))

@@ -233,7 +233,7 @@ def prepare_torch(case, direction, x, dy, w, b, rm, rv, device="cpu", sync=None)
 
 
 def prepare_floor(case, direction, x, dy, w, b, rm, rv):
-    # the same bytes as flat C arrays; float16 streamed as its uint16 bits
+    # the same bytes as flat C arrays; float16 converted as the kernels do (numbanorm.cpu.half)
     x, dy = (np.ascontiguousarray(a) for a in (x, dy))
     if x.dtype == np.float16:
         x, dy = x.view(np.uint16), dy.view(np.uint16)

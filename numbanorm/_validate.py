@@ -6,7 +6,14 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HALF = np.dtype(np.float16)
-NORM_DTYPES = (HALF,) + FLOAT_DTYPES  # the norm ops also take float16
+try:  # bfloat16: the optional extra `numbanorm[bfloat16]` (ml_dtypes)
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    BFLOAT16 = None
+HALF_DTYPES = (HALF,) if BFLOAT16 is None else (HALF, BFLOAT16)  # 16-bit data, float32 math
+NORM_DTYPES = HALF_DTYPES + FLOAT_DTYPES  # the norm ops also take the 16-bit dtypes
 
 
 def float_array(name, a, dtypes=FLOAT_DTYPES):
@@ -21,16 +28,18 @@ def float_array(name, a, dtypes=FLOAT_DTYPES):
     return dtype
 
 
-def half_param_dtype(**params):
-    """The dtype of a float16 op's parameters and buffers (None values ignored): float32 (the
-    mixed-precision convention, also when none is given) or float16, the same for all."""
+def half_param_dtype(x_dtype, **params):
+    """The dtype of the parameters and buffers (None values ignored) of an op on x of a 16-bit
+    x_dtype: float32 (the mixed-precision convention, also when none is given) or x_dtype, the
+    same for all."""
     found = None
     for name, a in params.items():
         if a is None:
             continue
         dtype = np.dtype(a.dtype)
-        if dtype not in (HALF, FLOAT_DTYPES[0]):
-            raise TypeError(f"{name} must have dtype float16 or float32 (x is float16), got {dtype}")
+        if dtype not in (x_dtype, FLOAT_DTYPES[0]):
+            raise TypeError(f"{name} must have dtype {x_dtype} or float32 (x is {x_dtype}), "
+                            f"got {dtype}")
         if found is not None and dtype != found[1]:
             raise TypeError(f"{name} must have dtype {found[1]} (the dtype of {found[0]}), got {dtype}")
         found = found or (name, dtype)

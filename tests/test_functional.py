@@ -352,7 +352,7 @@ def _bn_args(**over):
     (dict(bias=np.ones((3, 1), np.float32)), ValueError, "bias must have shape"),
     (dict(running_mean=np.zeros(2, np.float32)), ValueError, "running_mean must have shape"),
     (dict(running_var=np.ones(5, np.float32)), ValueError, "running_var must have shape"),
-    (dict(x=np.zeros((4, 3, 2, 2), np.int32)), TypeError, "x must have dtype float16 or float32 or float64, got int32"),
+    (dict(x=np.zeros((4, 3, 2, 2), np.int32)), TypeError, "float32 or float64, got int32"),
     (dict(weight=np.ones(3, np.float64)), TypeError, "weight must have dtype float32"),
     (dict(running_var=None), ValueError, "running_mean and running_var must be given together"),
     (dict(x=[[1.0, 2.0]]), TypeError, "x must be a numpy.ndarray or a CUDA array"),
@@ -398,7 +398,7 @@ def test_row_norms_reject_bad_input():
         F.instance_norm(rand((2, 6, 1), np.float32))
     with pytest.raises(ValueError, match="use_input_stats=False needs running_mean"):
         F.instance_norm(x, use_input_stats=False)
-    with pytest.raises(TypeError, match="x must have dtype float16 or float32 or float64, got int32"):
+    with pytest.raises(TypeError, match="x must have dtype float16 or (bfloat16 or )?float32 or float64, got int32"):
         F.layer_norm(x.astype(np.int32), 4)
 
 

@@ -390,6 +390,15 @@ def test_foreign_cuda_arrays_are_wrapped_zero_copy():
     assert np.abs(host(rm)).max() > 0  # updated in place through the foreign wrapper
 
 
+def test_bfloat16_refused_on_the_device():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = cuda.to_device(np.zeros((4, 3, 5), ml_dtypes.bfloat16))
+    rm = cuda.to_device(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="bfloat16 is supported on the CPU backend only"):
+        F.batch_norm(x, None, None, rm, cuda.to_device(np.ones(3, np.float32)))
+    assert not rm.copy_to_host().any()
+
+
 @pytest.mark.parametrize("pdtype", [np.float32, np.float16])
 def test_norms_float16_match_cpu(pdtype):
     """float16 x/dy on the device (float32 or float16 parameters) give the CPU backend's bits

@@ -1,16 +1,21 @@
 """float16 inputs to every norm op and layer (CPU): x, dy, y, dx in float16, parameters and
 running statistics float32 (mixed precision) or float16, against the float64 reference
-evaluated on the same float16 values, and against PyTorch's CPU float16 norms where it runs.
+evaluated on the same float16 values, and against PyTorch's CPU float16 norms where it runs;
+bfloat16 (ml_dtypes) through the same kernels.
 """
 import numpy as np
 import pytest
 
+from numbanorm import _validate as check
 from numbanorm import functional as F
 from numbanorm import nn
 
 from . import reference as ref
 
 HALF = np.float16
+BFLOAT16 = check.BFLOAT16  # None without ml_dtypes (the optional bfloat16 extra)
+SIXTEEN_BIT = [HALF] + [pytest.param(BFLOAT16, id="bfloat16", marks=pytest.mark.skipif(
+    BFLOAT16 is None, reason="ml_dtypes (the bfloat16 extra) is not installed"))]
 PARAM_DTYPES = [np.float32, np.float16]
 
 
@@ -18,17 +23,23 @@ def f64(a):
     return None if a is None else np.asarray(a, np.float64)
 
 
-def assert_half_close(got, want):
-    """got (float16) is the float16 rounding of the float64 want, up to one float16 ulp."""
-    assert got.dtype == HALF and got.shape == want.shape
-    ulp = np.spacing(np.abs(want).astype(HALF)).astype(np.float64)
+def assert_half_close(got, want, atol=0.0):
+    """got (float16) is the float16 rounding of the float64 want, up to one float16 ulp (or atol,
+    where that is larger: the float32 arithmetic's error on an output near 0 such as
+    xhat * w + b ~ 0 is ~1e-7, more than the ulp of a float16 that small)."""
+    assert got.dtype in (HALF, BFLOAT16) and got.shape == want.shape
+    if got.dtype == HALF:
+        ulp = np.spacing(np.abs(want).astype(HALF)).astype(np.float64)
+    else:  # bfloat16: float32's top half, so its ulp is float32's times 2**16 (normal numbers)
+        ulp = np.spacing(np.abs(want).astype(BFLOAT16).astype(np.float32)).astype(np.float64) * 2.0**16
+    ulp = np.maximum(ulp, atol)
     assert np.all(np.abs(got.astype(np.float64) - want) <= ulp), np.max(np.abs(got - want) / ulp)
 
 
-def assert_grad_close(got, want, dtype):
+def assert_grad_close(got, want, dtype, tol=2e-3):
     assert got.dtype == dtype and got.shape == want.shape
     scale = np.max(np.abs(want))
-    np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3, atol=2e-3 * scale)
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * scale)
 
 
 def inputs(shape, pdtype, loc=0.0, seed=0):
@@ -182,3 +193,121 @@ def test_half_masked_batch_norm_matches_float32():
     dx32, dw32, db32 = F.batch_norm_backward(dy.astype(np.float32), saved32)
     np.testing.assert_array_equal(dx, dx32.astype(HALF))
     np.testing.assert_array_equal(dw, dw32)
+
+
+# the parallel kernels (x above SERIAL_BELOW, several tasks), mean 1e3 + unit noise: each op's
+# (forward, backward, reference forward, reference backward, parameter count)
+LARGE_OPS = {
+    "batch_norm-train": ((8, 16, 40, 40), lambda x, w, b: F.batch_norm(x, w, b, None, None, True),
+                         F.batch_norm_backward, lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                         lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "batch_norm-train-short-rows": ((64, 32, 7, 7), lambda x, w, b: F.batch_norm(x, w, b),
+                                    F.batch_norm_backward, lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                                    lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "batch_norm-1d": ((4096, 24), lambda x, w, b: F.batch_norm(x, w, b), F.batch_norm_backward,
+                      lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                      lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
+    "layer_norm": ((512, 96), lambda x, w, b: F.layer_norm(x, 96, w, b), F.layer_norm_backward,
+                   lambda x, w, b: ref.layer_norm(x, (96,), w, b),
+                   lambda dy, x, w: ref.layer_norm_backward(dy, x, (96,), w)),
+    "group_norm": ((8, 64, 20, 20), lambda x, w, b: F.group_norm(x, 8, w, b), F.group_norm_backward,
+                   lambda x, w, b: ref.group_norm(x, 8, w, b),
+                   lambda dy, x, w: ref.group_norm_backward(dy, x, 8, w)),
+    "instance_norm": ((8, 16, 30, 30), lambda x, w, b: F.instance_norm(x, w, b),
+                      F.instance_norm_backward, lambda x, w, b: ref.instance_norm(x, w, b)[0],
+                      lambda dy, x, w: ref.instance_norm_backward(dy, x, w)),
+}
+
+
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT)
+@pytest.mark.parametrize("op", LARGE_OPS)
+def test_half_large_mean_parallel_deterministic(op, dtype):
+    """Large inputs take the parallel 16-bit kernels: y is the float16 (bfloat16) rounding of the
+    float64 reference (mean 1e3), gradients match it, saved keeps x itself (no float32 copy),
+    and the results are bitwise the same for 1 and 2 threads."""
+    import numba
+
+    shape, forward, backward, ref_forward, ref_backward = LARGE_OPS[op]
+    pshape = (shape[-1],) if op == "layer_norm" else (shape[1],)
+    rng = np.random.default_rng(3)
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.5 * rng.standard_normal(pshape)).astype(np.float32)
+    b = rng.standard_normal(pshape).astype(np.float32)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            y, saved = forward(x, w, b)
+            assert np.shares_memory(saved.x, x)
+            results.append((y, *backward(dy, saved)))
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(results[0], results[-1]):
+        assert a.dtype == c.dtype
+        np.testing.assert_array_equal(a.view(np.uint8), c.view(np.uint8))
+    y, dx, dw, db = results[0]
+    assert_half_close(y, ref_forward(f64(x), f64(w), f64(b)), atol=2.0**-20)
+    tol = 2e-3 if dtype == HALF else 1.6e-2  # bfloat16: 8 significant bits
+    for got, want, dt in zip((dx, dw, db), ref_backward(f64(dy), f64(x), f64(w)),
+                             (dtype, np.float32, np.float32)):
+        assert_grad_close(got, want, dt, tol)
+
+
+def test_half_loads_and_stores_in_jitted_code():
+    """numbanorm.cpu.half's load/store/work in a jitted function, for each dtype a kernel gets."""
+    from numba import njit
+
+    from numbanorm.cpu.half import bits, load, store, work
+
+    @njit
+    def axpb(x, out):
+        for i in range(x.size):
+            store(out, i, load(x, i) * work(x, 2.0) + work(x, 0.5))
+
+    for dtype in (HALF, np.float32, np.float64) + (() if BFLOAT16 is None else (BFLOAT16,)):
+        x = np.array([1.0, -3.5, 6e-8, 65504.0, np.inf], dtype)
+        out = np.empty_like(x)
+        sixteen = dtype in (HALF, BFLOAT16)
+        with np.errstate(over="ignore"):
+            want = (x.astype(np.float32 if sixteen else dtype) * 2 + 0.5).astype(dtype)
+        axpb(bits(x), bits(out))
+        np.testing.assert_array_equal(out, want)
+
+
+def test_half_arguments_by_keyword_and_position():
+    x, _, w, b = inputs((4, 6, 5), np.float32)
+    y, _ = F.batch_norm(x, w, b)
+    np.testing.assert_array_equal(F.batch_norm(x=x, bias=b, weight=w)[0], y)
+    np.testing.assert_array_equal(F.instance_norm(x, w, b)[0],
+                                  F.instance_norm(x, weight=w, bias=b, eps=1e-5)[0])
+    with pytest.raises(TypeError, match="multiple values for argument 'weight'"):
+        F.batch_norm(x, w, weight=w)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'wieght'"):
+        F.group_norm(x, 2, wieght=w)
+
+
+@pytest.mark.skipif(BFLOAT16 is None, reason="ml_dtypes (the bfloat16 extra) is not installed")
+def test_bfloat16_layers_and_torch():
+    """bfloat16 layers (float32 or bfloat16 parameters) and PyTorch's CPU bfloat16 GroupNorm."""
+    x, dy, w, b = inputs((4, 6, 5, 7), np.float32, loc=3.0)
+    x, dy = x.astype(np.float32).astype(BFLOAT16), dy.astype(np.float32).astype(BFLOAT16)
+    for layer_dtype in (np.float32, BFLOAT16):
+        for layer in (nn.BatchNorm2d(6, dtype=layer_dtype), nn.GroupNorm(2, 6, dtype=layer_dtype),
+                      nn.InstanceNorm2d(6, affine=True, track_running_stats=True, dtype=layer_dtype),
+                      nn.LayerNorm(7, dtype=layer_dtype)):
+            y = layer.forward(x)
+            dx = layer.backward(dy)
+            assert y.dtype == dx.dtype == BFLOAT16 and y.shape == dx.shape == x.shape
+            assert layer.weight.grad.dtype == np.dtype(layer_dtype)
+            for name, value in layer.state_dict().items():
+                if name != "num_batches_tracked":
+                    assert value.dtype == np.dtype(layer_dtype), name
+    torch = pytest.importorskip("torch")
+    wb, bb = w.astype(BFLOAT16), b.astype(BFLOAT16)
+    t = lambda a: torch.tensor(a.astype(np.float32)).to(torch.bfloat16)
+    ty = torch.nn.functional.group_norm(t(x), 3, t(wb), t(bb))
+    y, _ = F.group_norm(x, 3, wb, bb)
+    np.testing.assert_allclose(f64(y), ty.float().numpy(), atol=3e-2, rtol=1e-2)
+    assert_half_close(y, ref.group_norm(f64(x), 3, f64(wb), f64(bb)), atol=2.0**-20)

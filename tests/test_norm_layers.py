@@ -149,7 +149,7 @@ def test_layer_errors():
         nn.BatchNorm1d(3, momentum=2.0)
     with pytest.raises(ValueError, match="eps"):
         nn.LayerNorm(3, eps=0)
-    with pytest.raises(TypeError, match="dtype must be float16, float32 or float64"):
+    with pytest.raises(TypeError, match="dtype must be float16, (bfloat16, )?float32 or float64"):
         nn.BatchNorm1d(3, dtype=np.int32)
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         nn.BatchNorm1d(0)

@@ -1,7 +1,10 @@
 """CPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats).
 
 Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C) input).
-Statistics are reduced per channel over N and S.
+Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
+float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
+load/store; elementwise math in float32); statistics and parameter gradients are float64 sums.
+The eval-mode backward's one-pass kernel is in numbanorm.cpu.channel_norm_eval.
 
 Determinism: the work is cut into tasks whose size depends only on the shape (never on the
 thread count); each task writes its own float64 partial sums and the partials are merged in a
@@ -13,14 +16,22 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaPerformanceWarning
 
-from . import _memory
+from . import _memory, channel_norm_eval
 from ._parallel import FASTMATH, TASK_SIZE, serial
+from .half import bits, load, store, work_empty
+
+
+# Rows x[n, c] at least this long are one task each (or several, above TASK_SIZE): consecutive
+# tasks then read consecutive memory. Grouping several samples' rows of one channel in a task
+# reads them from places C*S apart, which streamed ~2x slower from DRAM here ((64, 64, 3136)
+# float32 sums: 2.8 ms with 5 rows per task, 1.4 ms with 1). Shorter rows are grouped.
+LONG_ROW = 128
 
 
 def _grid(N, S):
     """(samples per task, spatial elements per task) for an (N, C, S) reduction."""
     spatial = min(S, TASK_SIZE)
-    samples = max(1, TASK_SIZE // spatial)
+    samples = 1 if S >= LONG_ROW else max(1, TASK_SIZE // spatial)
     return samples, spatial
 
 
@@ -48,12 +59,12 @@ def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
         if with_dy:
             gv = dy[n, c, s0:s1]
             for s in range(xv.size):
-                g = np.float64(gv[s])
+                g = np.float64(load(gv, s))
                 a1 += g
-                a2 += g * (np.float64(xv[s]) - m)
+                a2 += g * (np.float64(load(xv, s)) - m)
         else:
             for s in range(xv.size):
-                d = np.float64(xv[s]) - m
+                d = np.float64(load(xv, s)) - m
                 a1 += d
                 a2 += d * d
     p1[b, c, k] = a1
@@ -76,12 +87,12 @@ def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
         if with_dy:
             gv = dy[n]
             for c in range(C):
-                g = np.float64(gv[c])
+                g = np.float64(load(gv, c))
                 a1[c] += g
-                a2[c] += g * (np.float64(xv[c]) - center[c])
+                a2[c] += g * (np.float64(load(xv, c)) - center[c])
         else:
             for c in range(C):
-                d = np.float64(xv[c]) - center[c]
+                d = np.float64(load(xv, c)) - center[c]
                 a1[c] += d
                 a2[c] += d * d
 
@@ -133,7 +144,9 @@ def _task_grid(N, C, S):
 def _partial_sums(x, center, dy):
     """_channel_sums with the task grid for x's shape; dy=None sums x's shifted moments."""
     samples, spatial = _task_grid(*x.shape)
-    return _channel_sums(x, center, x if dy is None else dy, dy is not None, samples, spatial, serial(x))
+    x = bits(x)
+    return _channel_sums(x, center, x if dy is None else bits(dy), dy is not None, samples, spatial,
+                         serial(x))
 
 
 def stats(x):
@@ -158,16 +171,16 @@ def _mean_var(center, s1, s2, count):
 
 @njit(cache=True)
 def _in_dtype_of(u, center, coefficient, constant):
-    """Per-channel (center_u, coefficient_u, constant_u) in u's dtype such that
-    coefficient * (u - center) + constant == coefficient_u * (u - center_u) + constant_u.
+    """Per-channel (center_u, coefficient_u, constant_u) in u's work type (float32 for float16)
+    such that coefficient * (u - center) + constant == coefficient_u * (u - center_u) + constant_u.
 
     The elementwise passes then run at u's vector width: u - center_u is exact for data near
     the center (large means included), and center's rounding is folded into the constant.
     """
     C = center.size
-    center_u = np.empty(C, u.dtype)
-    coefficient_u = np.empty(C, u.dtype)
-    constant_u = np.empty(C, u.dtype)
+    center_u = work_empty(u, C)
+    coefficient_u = work_empty(u, C)
+    constant_u = work_empty(u, C)
     for c in range(C):
         center_u[c] = center[c]
         coefficient_u[c] = coefficient[c]
@@ -183,13 +196,13 @@ def _affine_task(t, u, center, scale, offset, out):
     if S == 1:
         uv, ov = u[t].reshape(C), out[t].reshape(C)  # contiguous views: vectorised
         for c in range(C):
-            ov[c] = (uv[c] - center[c]) * scale[c] + offset[c]
+            store(ov, c, (load(uv, c) - center[c]) * scale[c] + offset[c])
     else:
         n, c = t // C, t % C
         m, a, b = center[c], scale[c], offset[c]
         uv, ov = u[n, c], out[n, c]
         for s in range(S):
-            ov[s] = (uv[s] - m) * a + b
+            store(ov, s, (load(uv, s) - m) * a + b)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -208,32 +221,32 @@ def _affine(u, center, scale, offset, out, serial):
 def affine(u, center, scale, offset):
     """out[n, c, s] = (u[n, c, s] - center[c]) * scale[c] + offset[c]; float64 (C,) coefficients."""
     out = _memory.empty_like(u)
-    _affine(u, center, scale, offset, out, serial(u))
+    _affine(bits(u), center, scale, offset, bits(out), serial(u))
     return out
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dx_task(t, x, dy, mean, a, b, d, dx):
     """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d
-    in x's dtype."""
+    in x's work type."""
     N, C, S = x.shape
     if S == 1:
         xv, gv, ov = x[t].reshape(C), dy[t].reshape(C), dx[t].reshape(C)
         for c in range(C):
-            ov[c] = a[c] * gv[c] + b[c] * (xv[c] - mean[c]) + d[c]
+            store(ov, c, a[c] * load(gv, c) + b[c] * (load(xv, c) - mean[c]) + d[c])
     else:
         n, c = t // C, t % C
         ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
         xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
         for s in range(S):
-            ov[s] = ac * gv[s] + bc * (xv[s] - mc) + dc
+            store(ov, s, ac * load(gv, s) + bc * (load(xv, s) - mc) + dc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward_dx(x, dy, mean, a, b, d, dx, serial):
     N, C, S = x.shape
     mean, b, d = _in_dtype_of(x, mean, b, d)
-    a_x = np.empty(C, x.dtype)
+    a_x = work_empty(x, C)
     for c in range(C):
         a_x[c] = a[c]
     T = N if S == 1 else N * C
@@ -289,10 +302,11 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     mean = np.empty(C)  # outputs allocated here: cheaper than returning arrays made in compiled code
     rstd = np.empty(C)
     if training:
-        _train_forward(x, weight, bias, eps, running_mean, running_var, momentum,
-                       *_task_grid(*x.shape), y, mean, rstd, serial(x))
+        _train_forward(bits(x), weight, bias, eps, running_mean, running_var, momentum,
+                       *_task_grid(*x.shape), bits(y), mean, rstd, serial(x))
     else:
-        _eval_forward(x, weight, bias, eps, running_mean, running_var, y, mean, rstd, serial(x))
+        _eval_forward(bits(x), weight, bias, eps, running_mean, running_var, bits(y), mean, rstd,
+                      serial(x))
     return y, mean, rstd
 
 
@@ -325,7 +339,7 @@ def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, sa
     N, C, S = x.shape
     center = np.empty(C)
     for c in range(C):
-        center[c] = x[0, c, 0]
+        center[c] = load(x, (0, c, 0))
     s1, s2 = _channel_sums(x, center, x, False, samples, spatial, serial)
     scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
                                           running_mean, running_var, momentum, mean, rstd)
@@ -366,77 +380,31 @@ def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, 
         zeros = np.zeros(x.shape[1])
         return affine(dy, zeros, a, zeros), dweight, sum_dy
     dx = _memory.empty_like(x)
-    _backward_dx(x, dy, mean, a, b, d, dx, serial(x))
+    _backward_dx(bits(x), bits(dy), mean, a, b, d, bits(dx), serial(x))
     return dx, dweight, sum_dy
 
 
 def backward(x, dy, mean, rstd, weight, training):
     """BatchNorm backward on (N, C, S) arrays -> (dx, dweight, dbias), grads (C,) of weight's
-    dtype (x's when weight is None), as row_norm.backward: summed in float64, rounded once."""
+    dtype (x's when weight is None; float64 for float16 x), as row_norm.backward: summed in
+    float64, rounded once."""
     N, C, S = x.shape
-    grad_dtype = x.dtype if weight is None else weight.dtype
+    grad_dtype = weight.dtype if weight is not None else np.float64 if bits(x) is not x else x.dtype
     if training or S > 1:
         dx = _memory.empty_like(x)
         dweight = np.empty(C, grad_dtype)  # allocated here: cheaper than returned arrays
         dbias = np.empty(C, grad_dtype)
         if training:
-            _train_backward(x, dy, mean, rstd, weight, *_task_grid(N, C, S), dx, dweight, dbias,
-                            serial(x))
+            _train_backward(bits(x), bits(dy), mean, rstd, weight, *_task_grid(N, C, S), bits(dx),
+                            dweight, dbias, serial(x))
         else:
-            _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial(x))
+            channel_norm_eval.backward(bits(x), bits(dy), mean, rstd, weight, bits(dx), dweight,
+                                       dbias, serial(x))
         return dx, dweight, dbias
     sum_dy, sum_dy_xmu = backward_sums(x, dy, mean)
     dx, dweight, dbias = backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy,
                                             sum_dy_xmu, N * S)
     return dx, dweight.astype(grad_dtype), dbias.astype(grad_dtype)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2):
-    """Plane t = (n, c): dx = a*dy, and the plane's sums of dy and dy * (x - mean_x)."""
-    N, C, S = x.shape
-    n, c = t // C, t % C
-    m, a = mean_x[c], a_x[c]
-    xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
-    s1 = 0.0
-    s2 = 0.0
-    for s in range(S):
-        g = gv[s]
-        ov[s] = a * g
-        s1 += g
-        s2 += g * (xv[s] - m)
-    p1[n, c] = s1
-    p2[n, c] = s2
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _eval_backward(x, dy, mean, rstd, weight, dx, dweight, dbias, serial):
-    """The eval-mode backward of an (N, C, S > 1) array in one pass over (x, dy): the statistics
-    were constants, so dx = w*rstd*dy; the per-plane sums for dweight/dbias ((C,), written)
-    are taken in the same pass in float64 and merged in plane order."""
-    N, C, S = x.shape
-    mean_x = np.empty(C, x.dtype)
-    a_x = np.empty(C, x.dtype)
-    for c in range(C):
-        mean_x[c] = mean[c]
-        a_x[c] = rstd[c] if weight is None else rstd[c] * weight[c]
-    p1 = np.empty((N, C))
-    p2 = np.empty((N, C))
-    if serial:
-        for t in range(N * C):
-            _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2)
-    else:
-        for t in prange(N * C):
-            _eval_backward_task(t, x, dy, mean_x, a_x, dx, p1, p2)
-    for c in range(C):  # loops, not np.zeros / array expressions: those would be parfors
-        s1 = 0.0
-        s2 = 0.0
-        for n in range(N):
-            s1 += p1[n, c]
-            s2 += p2[n, c]
-        # sum(dy * (x - mean)) = sum(dy * (x - mean_x)) + (mean_x - mean) * sum(dy)
-        dweight[c] = (s2 + (np.float64(mean_x[c]) - mean[c]) * s1) * rstd[c]
-        dbias[c] = s1
 
 
 @njit(parallel=True, cache=True)  # parallel=True: see _train_forward

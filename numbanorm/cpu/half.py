@@ -1,94 +1,165 @@
-"""float16 <-> float32 conversion on the CPU, in parallel, for the float16 norm ops.
+"""16-bit data in the CPU kernels: Numba has no CPU float16 type, so a float16 array goes to a
+kernel as its uint16 bits (`bits(a)`) and the kernel reads and writes it through `load` and
+`store`, which convert with LLVM's `half` type (F16C vcvtph2ps / vcvtps2ph on x86: vectorised,
+bit-exact with NumPy's astype, round to nearest even, subnormals, infinities and NaN kept).
+A bfloat16 array (ml_dtypes, optional) goes as its int16 bits: float32's top 16 bits, read by a
+shift and written rounded to nearest even (bit-exact with ml_dtypes' astype).
 
-Numba has no float16 type on the CPU, so float16 data is read and written as its uint16 bits
-and converted with integer arithmetic (IEEE 754 binary16, round to nearest even, subnormals,
-infinities and NaN kept). Arrays are flat and C-contiguous; NumPy's own astype between float16
-and float32 is scalar code and was ~10x slower than the norm op it feeds on this machine.
+For float32/float64 arrays `load`/`store` are plain indexing, so one kernel body serves every
+dtype; `work(a, v)` / `work_empty(a, n)` give the elementwise work type of a's data (float32 for
+float16 and float32 data, float64 for float64). `convert` is the flat float16 <-> float32 copy
+(`numbanorm.cpu.cast`): parameters, gradients, and NumPy's own astype is scalar and ~10x slower.
 """
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
+from .._validate import BFLOAT16
 from . import _memory
 from ._parallel import TASK_SIZE, serial
 
+BITS = np.dtype(np.uint16)  # how a float16 array reaches a kernel
+BF16_BITS = np.dtype(np.int16)  # how a bfloat16 (ml_dtypes) array reaches a kernel
 
-@njit(cache=True, inline="always")
-def _from_half_task(t, h, out_f, out_u):
-    """Branch-free (selects), so LLVM vectorises it: the bits of a normal half rebiased, then
-    subnormals fixed by a float subtraction (2**-14 * (1 + m/1024) - 2**-14 = m * 2**-24)."""
-    lo = t * TASK_SIZE
-    hv = h[lo:min(h.size, lo + TASK_SIZE)]
-    fv = out_f[lo:lo + hv.size]
-    uv = out_u[lo:lo + hv.size]
-    for i in range(hv.size):
-        b = np.uint32(hv[i])
-        o = (b & np.uint32(0x7FFF)) << np.uint32(13)
-        e = o & np.uint32(0x0F800000)
-        o += np.uint32(0x38000000)  # rebias the exponent: (127 - 15) << 23
-        o = o + np.uint32(0x38000000) if e == np.uint32(0x0F800000) else o  # inf / NaN
-        o = o + np.uint32(0x00800000) if e == 0 else o  # subnormal: 2**-14 * (1 + m/1024)
-        uv[i] = np.uint32(o)
-    for i in range(hv.size):
-        b = hv[i]
-        v = fv[i]
-        v = v - np.float32(6.103515625e-05) if (b & np.uint16(0x7C00)) == 0 else v
-        fv[i] = -v if (b & np.uint16(0x8000)) else v
+
+@intrinsic
+def _half_to_float(typingctx, b):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _float_to_half(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _bfloat_to_float(typingctx, b):
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        high = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(high, ir.FloatType())
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _float_to_bfloat(typingctx, v):
+    """Round to nearest even on the bits (bfloat16 is float32's top half); NaN stays quiet NaN."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        lsb = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+        rounded = builder.add(u, builder.add(lsb, ir.Constant(i32, 0x7FFF)))
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        r = builder.select(nan, builder.or_(u, ir.Constant(i32, 0x00400000)), rounded)
+        return builder.trunc(builder.lshr(r, ir.Constant(i32, 16)), ir.IntType(16))
+    return types.int16(types.float32), codegen
+
+
+def bits(a):
+    """The array a kernel takes for a: the uint16 view of a float16 array, the int16 view of a
+    bfloat16 one, else a itself."""
+    if a.dtype == np.float16:
+        return a.view(BITS)
+    return a.view(BF16_BITS) if BFLOAT16 is not None and a.dtype == BFLOAT16 else a
+
+
+def load(a, i):
+    """a[i] in a's work type: the float32 value of float16 / bfloat16 bits, else a[i] itself."""
+    if a.dtype in (BITS, BF16_BITS):
+        return np.float32(a[i].view(np.float16 if a.dtype == BITS else BFLOAT16))
+    return a[i]
+
+
+def store(a, i, v):
+    """a[i] = v; for float16 / bfloat16 bits v is rounded to float32, then to the 16-bit type
+    (nearest even)."""
+    if a.dtype in (BITS, BF16_BITS):
+        a[i] = np.float32(v).astype(np.float16 if a.dtype == BITS else BFLOAT16).view(a.dtype)
+    else:
+        a[i] = v
+
+
+def work(a, v):
+    """v as a scalar of a's work type (float64 for float64 data, else float32)."""
+    return np.float64(v) if a.dtype == np.float64 else np.float32(v)
+
+
+def work_empty(a, n):
+    """An uninitialised (n,) array of a's work type."""
+    return np.empty(n, np.float64 if a.dtype == np.float64 else np.float32)
+
+
+@overload(load, inline="always")
+def _load(a, i):
+    if a.dtype == types.uint16:
+        return lambda a, i: _half_to_float(a[i])
+    if a.dtype == types.int16:
+        return lambda a, i: _bfloat_to_float(a[i])
+    return lambda a, i: a[i]
+
+
+@overload(store, inline="always")
+def _store(a, i, v):
+    if a.dtype == types.uint16:
+        return lambda a, i, v: _set(a, i, _float_to_half(np.float32(v)))
+    if a.dtype == types.int16:
+        return lambda a, i, v: _set(a, i, _float_to_bfloat(np.float32(v)))
+    return lambda a, i, v: _set(a, i, v)
+
+
+@njit(inline="always")
+def _set(a, i, v):
+    a[i] = v
+
+
+@overload(work, inline="always")
+def _work(a, v):
+    if a.dtype == types.float64:
+        return lambda a, v: np.float64(v)
+    return lambda a, v: np.float32(v)
+
+
+@overload(work_empty, inline="always")
+def _work_empty(a, n):
+    if a.dtype == types.float64:
+        return lambda a, n: np.empty(n, np.float64)
+    return lambda a, n: np.empty(n, np.float32)
 
 
 @njit(parallel=True, cache=True)
-def _from_half(h, out_f, out_u, serial):
-    T = -(-h.size // TASK_SIZE)
+def _convert(src, out, serial):
+    T = -(-src.size // TASK_SIZE)
     if serial:
         for t in range(T):
-            _from_half_task(t, h, out_f, out_u)
+            _convert_task(t, src, out)
     else:
         for t in prange(T):
-            _from_half_task(t, h, out_f, out_u)
+            _convert_task(t, src, out)
 
 
 @njit(cache=True, inline="always")
-def _to_half_task(t, f, u, out):
-    """Branch-free (every case computed, one selected), so LLVM vectorises it."""
+def _convert_task(t, src, out):
     lo = t * TASK_SIZE
-    fv = f[lo:min(f.size, lo + TASK_SIZE)]
-    uv = u[lo:lo + fv.size]
-    ov = out[lo:lo + fv.size]
-    for i in range(fv.size):
-        b = uv[i]
-        a = b & np.uint32(0x7FFFFFFF)
-        # normal half: rebias the exponent, round the 13 dropped bits to nearest even
-        o = (a - np.uint32(0x37FFF001) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
-        # below 2**-14: a subnormal (or zero) half, m = |f| * 2**24 rounded to even (exact)
-        sub = np.uint32(np.rint(min(abs(fv[i]), np.float32(1.0)) * np.float32(16777216.0)))
-        o = sub if a < np.uint32(0x38800000) else o
-        # >= 65520 rounds to inf; NaN stays a (quiet) NaN
-        big = np.uint32(0x7E00) if a > np.uint32(0x7F800000) else np.uint32(0x7C00)
-        o = big if a >= np.uint32(0x477FF000) else o
-        ov[i] = np.uint16(o | ((b >> np.uint32(16)) & np.uint32(0x8000)))
-
-
-@njit(parallel=True, cache=True)
-def _to_half(f, u, out, serial):
-    T = -(-f.size // TASK_SIZE)
-    if serial:
-        for t in range(T):
-            _to_half_task(t, f, u, out)
-    else:
-        for t in prange(T):
-            _to_half_task(t, f, u, out)
+    sv = src[lo:min(src.size, lo + TASK_SIZE)]
+    ov = out[lo:lo + sv.size]
+    for i in range(sv.size):
+        store(ov, i, load(sv, i))
 
 
 def converts(src, dst):
     """Whether this module converts dtype src to dtype dst."""
-    return {np.dtype(src), np.dtype(dst)} == {np.dtype(np.float16), np.dtype(np.float32)}
+    pair = {np.dtype(src), np.dtype(dst)}
+    return pair == {np.dtype(np.float16), np.dtype(np.float32)} or pair == {BFLOAT16, np.dtype(np.float32)}
 
 
 def convert(a, dtype):
-    """A C-contiguous float16 array as float32 or a float32 one as float16 (a new C array)."""
+    """A C-contiguous float16 / bfloat16 array as float32 or a float32 one as float16 /
+    bfloat16 (a new C array)."""
     out = _memory.empty(a.shape, dtype)
-    flat_a, flat_out = a.reshape(-1), out.reshape(-1)
-    if a.dtype == np.float16:
-        _from_half(flat_a.view(np.uint16), flat_out, flat_out.view(np.uint32), serial(a))
-    else:
-        _to_half(flat_a, flat_a.view(np.uint32), flat_out.view(np.uint16), serial(a))
+    _convert(bits(a).reshape(-1), bits(out).reshape(-1), serial(a))
     return out

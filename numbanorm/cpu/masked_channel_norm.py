@@ -5,6 +5,7 @@ shared by every channel (1: the position enters the statistics). Statistics come
 selected positions of each channel (shifted sums from a selected position, so a large mean is
 harmless); every position is normalized with them by numbanorm.cpu.channel_norm. The task grid
 and the merge order are fixed by the shape, so results do not depend on the thread count.
+float16 x/dy/dx are read and written as uint16 bits through numbanorm.cpu.half's load/store.
 """
 import numpy as np
 from numba import njit, prange
@@ -12,6 +13,8 @@ from numba import njit, prange
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
 from .channel_norm import backward_coefficients
+from .half import bits, load, store
+
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _masked_plane_task(t, x, mask, center, samples, spatial, p1, p2):
@@ -33,7 +36,7 @@ def _masked_plane_task(t, x, mask, center, samples, spatial, p1, p2):
         mv = mask[n, s0:s1]
         for s in range(xv.size):
             if mv[s]:
-                d = np.float64(xv[s]) - m
+                d = np.float64(load(xv, s)) - m
                 a1 += d
                 a2 += d * d
     p1[b, c, k] = a1
@@ -67,7 +70,7 @@ def stats(x, mask, n0, s0, count):
     spatial = min(S, TASK_SIZE)
     samples = max(1, TASK_SIZE // spatial)
     center = x[n0, :, s0].astype(np.float64)
-    p1, p2 = _masked_channel_sums(x, mask, center, samples, spatial, serial(x))
+    p1, p2 = _masked_channel_sums(bits(x), mask, center, samples, spatial, serial(x))
     count = float(count)
     d = p1.sum(axis=(0, 2)) / count
     return center + d, np.maximum(p2.sum(axis=(0, 2)) / count - d * d, 0.0)
@@ -81,10 +84,10 @@ def _masked_dx_task(t, x, dy, mask, mean, a, b, d, dx):
     ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
     xv, gv, mv, ov = x[n, c], dy[n, c], mask[n], dx[n, c]
     for s in range(S):
-        v = ac * np.float64(gv[s])
+        v = ac * np.float64(load(gv, s))
         if mv[s]:
-            v += bc * (np.float64(xv[s]) - mc) + dc
-        ov[s] = v
+            v += bc * (np.float64(load(xv, s)) - mc) + dc
+        store(ov, s, v)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -109,5 +112,5 @@ def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, coun
     """
     a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, count)
     dx = _memory.empty_like(x)
-    _masked_backward_dx(x, dy, mask, mean, a, b, d, dx, serial(x))
+    _masked_backward_dx(bits(x), bits(dy), mask, mean, a, b, d, bits(dx), serial(x))
     return dx, sum_dy_xmu * rstd, sum_dy

@@ -7,6 +7,10 @@ The affine weight/bias have G * Cg entries; element (r, c * S + s) uses entry g 
   GroupNorm:    G = num_groups, Cg = C // G, S = prod(spatial)
   InstanceNorm: G = C, Cg = 1, S = prod(spatial)
 
+x, dy, y and dx are float32, float64 or float16 (uint16 bits in the kernels, read and written
+through numbanorm.cpu.half's load/store; elementwise math in float32); weight/bias are float32
+for float16 data, else x's dtype; statistics and parameter gradients are float64 sums.
+
 Each task owns whole rows (a shape-determined number of them) and makes both passes over a
 row back to back, so the second pass reads the row from cache, not memory.
 """
@@ -15,13 +19,7 @@ from numba import njit, prange
 
 from . import _memory
 from ._parallel import FASTMATH, SERIAL_BELOW, TASK_SIZE
-
-
-@njit(cache=True, inline="always")
-def _as_type_of(row, value):
-    """value rounded to row's dtype (row[0] is scratch: it is written again afterwards)."""
-    row[0] = value
-    return row[0]
+from .half import bits, load, store, work
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -29,11 +27,11 @@ def _row_stats(xr, eps):
     """(mean, rstd) of one row in float64, from sums shifted by the row's first value (the
     shift keeps the variance free of cancellation for data with a large mean)."""
     M = xr.size
-    shift = np.float64(xr[0])
+    shift = np.float64(load(xr, 0))
     a1 = 0.0
     a2 = 0.0
     for j in range(M):
-        d = np.float64(xr[j]) - shift
+        d = np.float64(load(xr, j)) - shift
         a1 += d
         a2 += d * d
     d_mean = a1 / M
@@ -44,31 +42,32 @@ def _row_stats(xr, eps):
 def _normalize_row(r, x, weight, bias, G, Cg, S, y, m, rs):
     """y[r] = (x[r] - m) * rs * weight + bias, per channel of the row's group.
 
-    The elementwise pass runs in x's dtype on (x - m_x), m_x the mean rounded to x's dtype: the
-    subtraction is exact for data near the mean, and the rounding m_x - mean is folded into the
-    offset, so data with a large mean keeps float64-reference accuracy at float32 vector width.
+    The elementwise pass runs in x's work type (float32 for float16) on (x - m_x), m_x the mean
+    rounded to it: the subtraction is exact for data near the mean, and the rounding m_x - mean
+    is folded into the offset, so data with a large mean keeps float64-reference accuracy at
+    float32 vector width.
     """
     xr = x[r]
     yr = y[r]
-    m_x = _as_type_of(yr, m)
+    m_x = work(xr, m)
     c = (np.float64(m_x) - m) * rs  # xhat = (x - m_x) * rs + c
     base = (r % G) * Cg
     if S == 1:
-        rs_x = _as_type_of(yr, rs)
-        c_x = _as_type_of(yr, c)
+        rs_x = work(xr, rs)
+        c_x = work(xr, c)
         wv = weight[base:base + Cg]
         bv = bias[base:base + Cg]
         for k in range(Cg):
-            yr[k] = ((xr[k] - m_x) * rs_x + c_x) * wv[k] + bv[k]
+            store(yr, k, ((load(xr, k) - m_x) * rs_x + c_x) * wv[k] + bv[k])
     else:
         for k in range(Cg):
             w = np.float64(weight[base + k])
             xv = xr[k * S:(k + 1) * S]
             yv = yr[k * S:(k + 1) * S]
-            a_x = _as_type_of(yv, rs * w)
-            b_x = _as_type_of(yv, c * w + bias[base + k])
+            a_x = work(xr, rs * w)
+            b_x = work(xr, c * w + bias[base + k])
             for j in range(S):
-                yv[j] = (xv[j] - m_x) * a_x + b_x
+                store(yv, j, (load(xv, j) - m_x) * a_x + b_x)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -103,7 +102,8 @@ def _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd, serial):
 
 
 def forward(x, weight, bias, G, Cg, S, eps):
-    """Row-norm forward. weight/bias: (G*Cg,) arrays of x's dtype (ones/zeros when absent).
+    """Row-norm forward. weight/bias: (G*Cg,) arrays of x's dtype, float32 for float16 x
+    (ones/zeros when absent).
 
     Returns (y, mean, rstd); mean and rstd are float64 of shape (R,).
     """
@@ -111,7 +111,7 @@ def forward(x, weight, bias, G, Cg, S, eps):
     y = _memory.empty_like(x)
     mean = np.empty(R)  # allocated here: cheaper than returning arrays made in compiled code
     rstd = np.empty(R)
-    _forward(x, weight, bias, G, Cg, S, eps, y, mean, rstd, x.size < SERIAL_BELOW)
+    _forward(bits(x), weight, bias, G, Cg, S, eps, bits(y), mean, rstd, x.size < SERIAL_BELOW)
     return y, mean, rstd
 
 
@@ -125,7 +125,7 @@ MERGE_COLUMNS = 1024  # columns per parallel task of that merge
 def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, part_dw, part_db):
     """Rows of task t: dx, plus this task's partial sums of dweight/dbias in part_*[t].
 
-    As in the forward, elementwise work runs in x's dtype on (x - m_x); sums are float64.
+    As in the forward, elementwise work runs in x's work type on (x - m_x); sums are float64.
     """
     R, M = x.shape
     pw_all = part_dw[t]
@@ -138,21 +138,21 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
         rs = rstd[r]
         base = (r % G) * Cg
         xr, gr, dxr = x[r], dy[r], dx[r]
-        m_x = _as_type_of(dxr, m)
+        m_x = work(xr, m)
         c = (np.float64(m_x) - m) * rs  # xhat = (x - m_x) * rs + c
         # pass 1: s1 = sum(w * dy), s2 = sum(w * dy * xhat) over the row, and the
         # per-channel sums of dy * xhat and dy for dweight / dbias
         s1 = 0.0
         s2 = 0.0
         if S == 1:
-            rs_x = _as_type_of(dxr, rs)
-            c_x = _as_type_of(dxr, c)
+            rs_x = work(xr, rs)
+            c_x = work(xr, c)
             wv = weight[base:base + Cg]
             pw = pw_all[base:base + Cg]
             pb = pb_all[base:base + Cg]
             for k in range(Cg):
-                g = gr[k]
-                gx = g * ((xr[k] - m_x) * rs_x + c_x)
+                g = load(gr, k)
+                gx = g * ((load(xr, k) - m_x) * rs_x + c_x)
                 w = wv[k]
                 s1 += w * g
                 s2 += w * gx
@@ -165,9 +165,9 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
                 xv = xr[k * S:(k + 1) * S]
                 gv = gr[k * S:(k + 1) * S]
                 for j in range(S):
-                    g = gv[j]
+                    g = load(gv, j)
                     sg += g
-                    sgx += g * (xv[j] - m_x)
+                    sgx += g * (load(xv, j) - m_x)
                 sgx = sgx * rs + c * sg  # sum(dy * xhat)
                 w = np.float64(weight[base + k])
                 s1 += w * sg
@@ -181,22 +181,22 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
         b = -rs * rs * f2
         d = -rs * (f1 + c * f2)
         if S == 1:
-            b_x = _as_type_of(dxr, b)
-            d_x = _as_type_of(dxr, d)
-            rs_x = _as_type_of(dxr, rs)
+            b_x = work(xr, b)
+            d_x = work(xr, d)
+            rs_x = work(xr, rs)
             wv = weight[base:base + Cg]
             for k in range(Cg):
-                dxr[k] = (rs_x * wv[k]) * gr[k] + b_x * (xr[k] - m_x) + d_x
+                store(dxr, k, (rs_x * wv[k]) * load(gr, k) + b_x * (load(xr, k) - m_x) + d_x)
         else:
             for k in range(Cg):
                 xv = xr[k * S:(k + 1) * S]
                 gv = gr[k * S:(k + 1) * S]
                 dv = dxr[k * S:(k + 1) * S]
-                a_x = _as_type_of(dv, rs * weight[base + k])
-                b_x = _as_type_of(dv, b)
-                d_x = _as_type_of(dv, d)
+                a_x = work(xr, rs * weight[base + k])
+                b_x = work(xr, b)
+                d_x = work(xr, d)
                 for j in range(S):
-                    dv[j] = a_x * gv[j] + b_x * (xv[j] - m_x) + d_x
+                    store(dv, j, a_x * load(gv, j) + b_x * (load(xv, j) - m_x) + d_x)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -244,7 +244,8 @@ def backward(x, dy, mean, rstd, weight, G, Cg, S):
     dx = _memory.empty_like(x)
     dweight = np.empty(G * Cg, weight.dtype)  # allocated here: cheaper than returned arrays
     dbias = np.empty(G * Cg, weight.dtype)
-    _backward(x, dy, mean, rstd, weight, G, Cg, S, dx, dweight, dbias, x.size < SERIAL_BELOW)
+    _backward(bits(x), bits(dy), mean, rstd, weight, G, Cg, S, bits(dx), dweight, dbias,
+              x.size < SERIAL_BELOW)
     return dx, dweight, dbias
 
 

@@ -12,21 +12,24 @@ Formulas (biased variance for normalization, unbiased for running_var):
   y = (x - mean) / sqrt(var + eps) * weight + bias
   running = (1 - momentum) * running + momentum * batch_statistic
 
-float16 x (and dy): computed in float32 with float32 or float16 parameters and running statistics
-(float32, PyTorch's mixed-precision convention, or float16, all of one dtype); x/dy are
-converted to float32 at the op's boundary and y/dx rounded back to float16, statistics and
-parameter gradients are float64 sums, dweight/dbias come back in the parameters' dtype.
+float16 x (and dy): float32 or float16 parameters and running statistics (float32, PyTorch's
+mixed-precision convention, or float16, all of one dtype; float16 ones are computed with as
+float32 copies). The CPU kernels read x/dy and write y/dx in float16 themselves (float32
+elementwise math); other backends get float32 copies of x/dy and y/dx are rounded back.
+Statistics and parameter gradients are float64 sums, dweight/dbias come back in the parameters'
+dtype. bfloat16 x (ml_dtypes, the optional `bfloat16` extra) works the same way, CPU only.
 
 Channels-last x (BatchNorm): an x whose memory is (N, *spatial, C) in C order (NHWC for 4-D,
 NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a C-contiguous NHWC array, as
 PyTorch's channels_last) is normalized without a layout copy as the per-column statistics of
 its (N*S, C) view; y and dx come back in the same memory order (CPU backend; the GPU copies).
 
-`saved` keeps a reference to x and weight (no copy; for float16 x, their float32 copies): do not modify them in place between a
+`saved` keeps a reference to x and weight (no copy; for float16 parameters, their float32 copies): do not modify them in place between a
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
 NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
 """
 import functools
+import inspect
 
 import numpy as np
 
@@ -40,23 +43,47 @@ HALF = check.HALF
 FLOAT32 = np.dtype(np.float32)
 
 
-def _is_half(x):
-    return getattr(x, "dtype", None) == HALF
+def _param_dtype(dtype):
+    """The dtype of the parameters an op on x of `dtype` computes with (float32 for 16-bit x)."""
+    return FLOAT32 if dtype in check.HALF_DTYPES else dtype
 
 
-def _half(op, x, params, running):
-    """A forward on float16 x: op(x, *params, *running) on float32 copies, y back in float16.
-    params / running: the parameter and running-statistic arrays by name, in op's order
-    (running statistics updated in place, converted back when float16)."""
-    be, a = _backend.select(x=x, **params, **running)
-    param_dtype = check.half_param_dtype(**params, **running)
-    as32 = {n: None if a[n] is None else be.cast(a[n], FLOAT32) for n in (*params, *running)}
-    y, saved = op(be.cast(a["x"], FLOAT32), *as32.values())
-    for n in running:
-        if a[n] is not None and as32[n] is not a[n]:
-            be.copy_(a[n], as32[n])
-    saved.dtype, saved.param_dtype = HALF, param_dtype
-    return be.cast(y, HALF), saved
+def _accepts_half(*params, running=()):
+    """Decorator of a forward op for float16 (or bfloat16, CPU only) x. params / running: the
+    names of its parameter and running-statistic arguments. They reach the op as float32 (copies
+    of 16-bit ones; running statistics written back after the op succeeded). On the CPU the op
+    gets x itself (the kernels read 16-bit data); other backends get a float32 copy of float16
+    x, y rounded back."""
+    def decorate(op):
+        names = list(inspect.signature(op).parameters)
+
+        @functools.wraps(op)
+        def forward(*args, **kwargs):
+            x = args[0] if args else kwargs.get("x")
+            if getattr(x, "dtype", None) not in check.HALF_DTYPES:
+                return op(*args, **kwargs)
+            given = dict(zip(names, args))
+            if len(args) > len(names) or given.keys() & kwargs.keys():
+                return op(*args, **kwargs)  # Python's own TypeError
+            given.update(kwargs)
+            be, arrays = _backend.select(**{n: given.get(n) for n in ("x", *params, *running)})
+            dtype = np.dtype(x.dtype)
+            if dtype != HALF and be.name != "cpu":
+                raise TypeError(f"x of dtype {dtype} is supported on the CPU backend only "
+                                f"(float16 on every backend)")
+            param_dtype = check.half_param_dtype(dtype, **{n: arrays[n] for n in (*params, *running)})
+            as32 = {n: be.cast(arrays[n], FLOAT32) for n in (*params, *running)
+                    if arrays[n] is not None}
+            given.update(as32)
+            given["x"] = arrays["x"] if be.name == "cpu" else be.cast(arrays["x"], FLOAT32)
+            y, saved = op(**given)
+            for n in running:
+                if n in as32 and as32[n] is not arrays[n]:
+                    be.copy_(arrays[n], as32[n])
+            saved.dtype, saved.param_dtype = dtype, param_dtype
+            return be.cast(y, dtype), saved
+        return forward
+    return decorate
 
 
 def _empty_result(be, x, family, dtype, weight, bias, param_shape):
@@ -87,7 +114,7 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
 
     Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
     with the arrays as the backend computes on them and S = prod(spatial). dtypes: x's accepted
-    dtypes (the message's list; float16 x never gets here, see _half).
+    dtypes (the message's list); float16 x comes with float32 parameters (see _accepts_half).
     """
     if (type(x) is np.ndarray and x.dtype in dtypes and x.ndim >= min_ndim
             and _common_params(x, weight, bias, running_mean, running_var)
@@ -104,10 +131,11 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
     check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     shape = (C,)
-    check.param("weight", weight, shape, dtype)
-    check.param("bias", bias, shape, dtype)
-    check.param("running_mean", running_mean, shape, dtype)
-    check.param("running_var", running_var, shape, dtype)
+    param_dtype = _param_dtype(dtype)
+    check.param("weight", weight, shape, param_dtype)
+    check.param("bias", bias, shape, param_dtype)
+    check.param("running_mean", running_mean, shape, param_dtype)
+    check.param("running_var", running_var, shape, param_dtype)
     check.running_pair(running_mean, running_var)
     return (be, x, weight, bias, running_mean, running_var, dtype,
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
@@ -122,6 +150,7 @@ def _common_params(x, *params):
     return True
 
 
+@_accepts_half("weight", "bias", running=("running_mean", "running_var"))
 def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                running_mean: Array | None = None, running_var: Array | None = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -142,10 +171,6 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     On the GPU a training mask costs host copies on the op's stream (the mask, to check the count
     before anything changes, and the statistics for the running update): it waits for the stream.
     """
-    if _is_half(x):
-        return _half(lambda *a: batch_norm(*a, training, momentum, eps, mask), x,
-                     dict(weight=weight, bias=bias),
-                     dict(running_mean=running_mean, running_var=running_var))
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2,
                                  check.NORM_DTYPES)
@@ -246,8 +271,8 @@ def _constant(be, shape, value, dtype):
 
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
-    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, dtype)
-    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, dtype)
+    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, _param_dtype(dtype))
+    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, _param_dtype(dtype))
     x2 = be.contiguous(x).reshape(N * G, Cg * S)
     y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
     shape = tuple(x.shape)
@@ -258,6 +283,7 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
     return y2.reshape(shape), saved
 
 
+@_accepts_half("weight", "bias")
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
@@ -269,9 +295,6 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
         M = normalized_shape[0]
         return _row_forward(_backend.get("cpu"), x, x.dtype, weight, bias, eps, x.size // M, 1,
                             M, 1, normalized_shape)
-    if _is_half(x):
-        return _half(lambda x, w, b: layer_norm(x, normalized_shape, w, b, eps), x,
-                     dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
@@ -282,8 +305,8 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
         raise ValueError(
             f"x's trailing dims must equal normalized_shape {shape}, got x of shape {x_shape}"
         )
-    check.param("weight", weight, shape, dtype)
-    check.param("bias", bias, shape, dtype)
+    check.param("weight", weight, shape, _param_dtype(dtype))
+    check.param("bias", bias, shape, _param_dtype(dtype))
     eps = check.eps(eps)
     M = prod(shape)
     R = prod(x_shape[:lead])
@@ -317,21 +340,19 @@ def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
     return _backward(dy, saved, "row")
 
 
+@_accepts_half("weight", "bias")
 def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
                eps: float = 1e-5) -> tuple[Array, Saved]:
     """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
     channels); weight/bias are per channel, shape (C,)."""
-    if _is_half(x):
-        return _half(lambda x, w, b: group_norm(x, num_groups, w, b, eps), x,
-                     dict(weight=weight, bias=bias), {})
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
     check.min_ndim("x", x, 2, "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     G = check.num_groups(num_groups, C)
-    check.param("weight", weight, (C,), dtype)
-    check.param("bias", bias, (C,), dtype)
+    check.param("weight", weight, (C,), _param_dtype(dtype))
+    check.param("bias", bias, (C,), _param_dtype(dtype))
     eps = check.eps(eps)
     S = prod(x.shape[2:])
     if N * C * S == 0:
@@ -350,6 +371,7 @@ def group_norm_backward(dy: Array, saved: Saved) -> Grads:
     return _backward(dy, saved, "row")
 
 
+@_accepts_half("weight", "bias", running=("running_mean", "running_var"))
 def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                   running_mean: Array | None = None, running_var: Array | None = None,
                   use_input_stats: bool = True, momentum: float = 0.1,
@@ -360,10 +382,6 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
     the per-instance statistics averaged over the batch; use_input_stats=False normalizes with
     running_mean / running_var instead.
     """
-    if _is_half(x):
-        return _half(lambda *a: instance_norm(*a, use_input_stats, momentum, eps), x,
-                     dict(weight=weight, bias=bias),
-                     dict(running_mean=running_mean, running_var=running_var))
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 3,
                                  check.NORM_DTYPES)
@@ -406,8 +424,8 @@ def _backward(dy, saved, family):
         zeros = lambda: be.full(saved.param_shape, 0.0, param_dtype)
         return (be.empty(saved.shape, saved.dtype),
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
-    if saved.dtype == HALF:
-        dy = be.cast(dy, FLOAT32)
+    if saved.dtype in check.HALF_DTYPES:
+        dy = be.cast(dy, saved.x.dtype)  # float32 where the forward computed on a float32 copy
     if saved.channels_last:
         dy = np.moveaxis(dy, 1, -1)  # a view of a channels-last dy, else copied below
     dy_view = be.contiguous(dy).reshape(saved.x.shape)

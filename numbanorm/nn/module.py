@@ -8,6 +8,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _backend
+from .. import _validate as check
 
 
 class Parameter:
@@ -30,10 +31,13 @@ class Parameter:
 
 
 def float_dtype(dtype, half=False):
-    """dtype as a NumPy dtype: float32 or float64, or float16 too when half (the norm layers)."""
+    """dtype as a NumPy dtype: float32 or float64, or float16 (and bfloat16 with ml_dtypes) too
+    when half (the norm layers)."""
     dtype = np.dtype(dtype)
-    if dtype not in ((np.float16,) if half else ()) + (np.float32, np.float64):
-        raise TypeError(f"dtype must be {'float16, ' if half else ''}float32 or float64, got {dtype}")
+    allowed = check.NORM_DTYPES if half else check.FLOAT_DTYPES
+    if dtype not in allowed:
+        names = [str(d) for d in allowed]
+        raise TypeError(f"dtype must be {', '.join(names[:-1])} or {names[-1]}, got {dtype}")
     return dtype
 
 
