@@ -42,6 +42,7 @@ most twice), and a new module or kernel needs nothing but its KERNEL_SIGNATURES 
 """
 import contextlib
 import contextvars
+import functools
 import sys
 
 import numpy as np
@@ -186,6 +187,15 @@ def launch(kernel, grid, block, shmem=0):
             _LAUNCHES.clear()
         configured = _LAUNCHES[key] = kernel[grid, block, s, shmem]
     return configured
+
+
+@functools.lru_cache(maxsize=None)
+def placeholder(dtype, ndim=1):
+    """A C-contiguous device array of dtype with ndim dims of 1, passed for an absent array
+    argument that the kernel does not touch (its flags say so): allocated once per (dtype,
+    ndim), so a launch needs no per-call slice or reshape to fill the slot (and each kernel
+    keeps one signature per data dtype)."""
+    return cuda.device_array((1,) * ndim, np.dtype(dtype))
 
 
 def device_array(shape, dtype):

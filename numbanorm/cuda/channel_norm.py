@@ -16,7 +16,8 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from ._common import cdiv, device_array, flat, float_signatures, grid_1d, launch, threads
+from ._common import (cdiv, device_array, float_signatures, grid_1d, launch, placeholder,
+                      threads)
 from .channel_reduce import merge, partial_sums, sum_row
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -125,9 +126,9 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     if training:
         p1, p2 = partial_sums(x, None, None, None, 0, 1, 0)
     else:
-        p1 = p2 = mean.reshape(C, 1)  # unused
+        p1 = p2 = placeholder(np.float64, 2)
     y = device_array(x.shape, x.dtype)
-    unused = flat(y)[:C]  # placeholder of x's dtype for an absent array (one signature per dtype)
+    unused = placeholder(x.dtype)
     has_running = running_mean is not None
     flags = ((TRAINING if training else 0) | (HAS_RUNNING if has_running else 0)
              | (HAS_WEIGHT if weight is not None else 0) | (HAS_BIAS if bias is not None else 0))
@@ -215,28 +216,26 @@ def _backward(x, dy, mean, rstd, weight, training, p_dy, p_dy_xmu, count):
     N, C, S = x.shape
     t = threads()
     dx = device_array(x.shape, x.dtype)
-    dweight, dbias, a, b, d = _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count,
-                                            flat(dx)[:C])
+    dweight, dbias, a, b, d = _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count, x.dtype)
     launch(_backward_dx, grid_1d(N * C * S, t), t)(x, dy, mean, a, b, d, bool(training), dx)
     return dx, dweight, dbias
 
 
-def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, placeholder):
+def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, dtype):
     """-> (dweight, dbias, a, b, d), float64 (C,) device arrays, of dx = a*dy + b*(x - mean) + d
-    (see _backward_coeffs). placeholder: a (C,) array of the data dtype standing in for an
-    absent weight (one kernel signature per dtype)."""
+    (see _backward_coeffs); dtype: the data's (weight's when there is one)."""
     C = rstd.shape[0]
     return _coefficients(sum_dy.reshape(C, 1), sum_dy_xmu.reshape(C, 1), rstd, weight, training,
-                         count, placeholder)
+                         count, dtype)
 
 
-def _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count, placeholder):
+def _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count, dtype):
     C = rstd.shape[0]
     t = threads()
     dweight, dbias, a, b, d = (device_array(C, np.float64) for _ in range(5))
     flags = (TRAINING if training else 0) | (HAS_WEIGHT if weight is not None else 0)
     launch(_backward_coeffs, cdiv(C, t), t)(p_dy, p_dy_xmu, rstd,
-                                            weight if weight is not None else placeholder, flags,
+                                            weight if weight is not None else placeholder(dtype), flags,
                                             float(count), dweight, dbias, a, b, d)
     return dweight, dbias, a, b, d
 

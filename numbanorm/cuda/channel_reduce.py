@@ -24,8 +24,8 @@ import numpy as np
 from numba import cuda, float64
 
 from . import config
-from ._common import (block_sum2, cdiv, device_array, float_signatures, launch, shared_bytes,
-                      threads)
+from ._common import (block_sum2, cdiv, device_array, float_signatures, launch, placeholder,
+                      shared_bytes, threads)
 
 COLUMN_MIN_C = 32  # (N, C) input with at least this many channels uses the column layout
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -147,8 +147,8 @@ def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
     p1 = device_array((C, P), np.float64)
     p2 = device_array((C, P), np.float64)
     dy = x if dy is None else dy
-    mean = p1.reshape(C * P) if mean is None else mean  # unused in mode 0
-    rstd = mean if rstd is None else rstd
+    mean = placeholder(np.float64) if mean is None else mean  # unused in mode 0
+    rstd = placeholder(np.float64) if rstd is None else rstd  # unused in modes 0 and 1
     launch(kernel, grid, t, shmem)(x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
     return p1, p2
 

@@ -115,6 +115,6 @@ def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, coun
     t = threads()
     dx = device_array(x.shape, x.dtype)
     dweight, dbias, a, b, d = backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, True, count,
-                                                    dx.reshape(N * C * S)[:C])
+                                                    x.dtype)
     launch(_masked_backward_dx, grid_1d(N * C * S, t), t)(x, dy, mask, mean, a, b, d, dx)
     return dx, dweight, dbias
