@@ -26,7 +26,8 @@ def empty(shape, dtype):
     return np.empty(shape, dtype)
 
 
-def full(shape, value, dtype):
+def full(shape, value, dtype, shared=False):
+    """An array filled with value (shared: cached across calls; no difference on the CPU)."""
     return np.full(shape, value, dtype)
 
 

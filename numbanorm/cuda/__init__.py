@@ -92,11 +92,15 @@ def empty(shape, dtype):
     return device_array(tuple(shape), np.dtype(dtype))
 
 
-def full(shape, value, dtype):
-    """A device array filled with value (filled on the device)."""
+def full(shape, value, dtype, shared=False):
+    """A device array filled with value (filled on the device, on the op's stream). shared: the
+    array is cached and read by ops on any stream, so the fill is waited for here (once)."""
     from ._common import fill
 
-    return fill(device_array(tuple(shape), np.dtype(dtype)), value)
+    a = fill(device_array(tuple(shape), np.dtype(dtype)), value)
+    if shared:
+        cuda.synchronize()
+    return a
 
 
 def cast(a, dtype):

@@ -265,8 +265,9 @@ def _masked_batch_norm(be, x, weight, bias, running_mean, running_var, dtype, N,
 
 @functools.lru_cache(maxsize=64)
 def _constant(be, shape, value, dtype):
-    """A shared read-only-by-convention array of `value` (kernels never write their weight/bias)."""
-    return be.full(shape, value, dtype)
+    """A shared read-only-by-convention array of `value` (kernels never write their weight/bias);
+    on the GPU filled before any stream can read it."""
+    return be.full(shape, value, dtype, shared=True)
 
 
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
