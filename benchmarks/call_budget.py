@@ -5,8 +5,10 @@
 For each small shape (benchmarks/cases.py SMALL), forward and backward, through the functional
 API and through the nn layer, it measures (best of several timeit repeats, one process):
   total       one call, nothing instrumented
-  validation  time inside the argument checks: numbanorm._validate's functions, _backend.select
-              and the backward's check of saved / dy
+  validation  time inside the argument checks: numbanorm._validate's functions, _backend.select,
+              the backward's check of saved / dy, and the parameter tests of functional.norm's
+              common-case predicates (_common_params, _row_params; the predicates' tests of x
+              and eps are inline and count as dispatch)
   numba call  Numba's own cost of entering the compiled code: a no-op jitted function called
               with the same arguments as each compiled entry the op calls
   kernel      time inside the compiled entries (their host-side calls), less the numba call
@@ -55,7 +57,8 @@ class Instrument:
                 if callable(fn) and getattr(fn, "__module__", None) == mod.__name__ and not name.startswith("_"):
                     self._patches.append((mod, name, "validation"))
         # grad_output's own checks are the wrapped select and _validate.grad_output
-        self._patches += [(_backend, "select", "validation"), (norm, "check_saved", "validation")]
+        self._patches += [(_backend, "select", "validation"), (norm, "check_saved", "validation"),
+                          (norm, "_common_params", "validation"), (norm, "_row_params", "validation")]
         for mod in (row_norm, channel_norm):
             for name, fn in list(vars(mod).items()):
                 if isinstance(fn, numba.core.registry.CPUDispatcher):

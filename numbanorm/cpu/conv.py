@@ -177,6 +177,20 @@ def _wide_cols(xp, C, HWp, Wp, KH, KW, dh, dw, cols):
                     d[q] = s[q]
 
 
+@njit(cache=True)
+def _wide_col2im(dcols, C, HWp, Wp, KH, KW, dh, dw, dxp):
+    """_wide_cols' adjoint: dxp = 0, then each row of dcols (K, Q) added back to its run of dxp."""
+    Q = dcols.shape[1]
+    dxp[:] = 0.0
+    for c in range(C):
+        for i in range(KH):
+            for j in range(KW):
+                d = dxp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
+                s = dcols[(c * KH + i) * KW + j]
+                for q in range(Q):
+                    d[q] += s[q]
+
+
 @njit(parallel=True, cache=True)
 def _fused_forward(x, w2, bias, KH, KW, ph, pw, dh, dw, OH, OW, y):
     """y[n] = w2 @ cols(x[n]) (+ bias[o] on row o when bias.size)."""
@@ -251,14 +265,7 @@ def _fused_backward(x, w2, dy, KH, KW, ph, pw, dh, dw, need_dx, need_params, dx,
             if need_dx:
                 gemm(TRANS, NO_TRANS, K, Q, O, w2.ctypes.data, K, dyw.ctypes.data, Q,
                      cols.ctypes.data, Q, w2)
-                dxp[:] = 0.0
-                for c in range(C):
-                    for i in range(KH):
-                        for j in range(KW):
-                            d = dxp[c * HWp + i * dh * Wp + j * dw:c * HWp + i * dh * Wp + j * dw + Q]
-                            s = cols[(c * KH + i) * KW + j]
-                            for q in range(Q):
-                                d[q] += s[q]
+                _wide_col2im(cols, C, HWp, Wp, KH, KW, dh, dw, dxp)
                 for c in range(C):
                     for h in range(H):
                         s = dxp[c * HWp + (h + ph) * Wp + pw:c * HWp + (h + ph) * Wp + pw + W]

@@ -142,10 +142,11 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
 
 
 def _common_params(x, *params):
-    """Whether each of params is None or a NumPy (C,) array of x's dtype, C = x.shape[1]."""
+    """Whether each of params is None or a NumPy (C,) array of x's dtype, C = x.shape[1]
+    (the dtype object itself: `is`, cheaper than ==; an equal copy takes the generic path)."""
+    shape, dtype = x.shape[1:2], x.dtype
     for p in params:
-        if p is not None and not (type(p) is np.ndarray and p.ndim == 1
-                                  and p.shape[0] == x.shape[1] and p.dtype == x.dtype):
+        if p is not None and not (type(p) is np.ndarray and p.dtype is dtype and p.shape == shape):
             return False
     return True
 
@@ -319,8 +320,8 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
 
 def _row_params(x, p):
     """Whether p is None or a C-contiguous NumPy (M,) array of x's dtype, M = x.shape[-1]."""
-    return p is None or (type(p) is np.ndarray and p.ndim == 1 and p.shape[0] == x.shape[-1]
-                         and p.dtype == x.dtype and p.flags.c_contiguous)
+    return p is None or (type(p) is np.ndarray and p.dtype is x.dtype and p.ndim == 1
+                         and p.shape[0] == x.shape[-1] and p.flags.c_contiguous)
 
 
 def _flat(be, p, M):
