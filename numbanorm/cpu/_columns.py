@@ -2,16 +2,21 @@
 channels-last kernels (BatchNorm on the (N*S, C) view, GroupNorm/InstanceNorm on each sample's
 (S, C) matrix; columns are channels, rows are positions).
 
-The inner loop runs along a row's contiguous channels (vectorised), and rows are taken several
-at a time (four for sums, two for elementwise passes), so each column's accumulators and
-coefficients are loaded once per block of rows instead of once per row (one row at a time ran
-~1.3-2x slower than the NCHW kernels). The summation order depends on R only, never on the
-thread count.
+The inner loop runs along a row's contiguous channels (vectorised), and rows are taken in
+blocks (SUM_ROWS for sums, two for elementwise passes), so each column's accumulators and
+coefficients are loaded once per block instead of once per row (one row at a time ran ~1.3-2x
+slower than the NCHW kernels). The summation order depends on R only, never on the thread
+count.
 """
 import numpy as np
 from numba import njit
 
 from ._parallel import FASTMATH
+
+
+# rows per block of the sums: each column's block sum is taken in registers, then added to
+# its float64 accumulator (streaming from memory, 8 rows ran 2.2x faster than 4 row views)
+SUM_ROWS = 8
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -21,17 +26,20 @@ def add_moments(x, center, a1, a2):
     center, a1, a2: float64 (C,); the differences are taken in float64 (the shift keeps the
     variance free of cancellation for data with a large mean)."""
     R, C = x.shape
-    for q in range(R // 4):
-        x0, x1, x2, x3 = x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]
+    for q in range(R // SUM_ROWS):
+        # one (SUM_ROWS, C) block, not row views: LLVM then checks one pointer for overlap
+        xb = x[q * SUM_ROWS:(q + 1) * SUM_ROWS]
         for c in range(C):
             m = center[c]
-            d0 = np.float64(x0[c]) - m
-            d1 = np.float64(x1[c]) - m
-            d2 = np.float64(x2[c]) - m
-            d3 = np.float64(x3[c]) - m
-            a1[c] += (d0 + d1) + (d2 + d3)
-            a2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for r in range(R - R % 4, R):
+            t1 = 0.0
+            t2 = 0.0
+            for j in range(SUM_ROWS):
+                d = np.float64(xb[j, c]) - m
+                t1 += d
+                t2 += d * d
+            a1[c] += t1
+            a2[c] += t2
+    for r in range(R - R % SUM_ROWS, R):
         xv = x[r]
         for c in range(C):
             d = np.float64(xv[c]) - center[c]
@@ -46,15 +54,19 @@ def add_grad_moments(x, dy, center, sg, sgx):
     sg, sgx: float64 (C,). The product is taken in center's dtype: float64 center -> float64
     arithmetic; center in x's dtype (a mean rounded to it) -> x's vector width."""
     R, C = x.shape
-    for q in range(R // 4):
-        x0, x1, x2, x3 = x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]
-        g0, g1, g2, g3 = dy[4 * q], dy[4 * q + 1], dy[4 * q + 2], dy[4 * q + 3]
+    for q in range(R // SUM_ROWS):
+        xb, gb = x[q * SUM_ROWS:(q + 1) * SUM_ROWS], dy[q * SUM_ROWS:(q + 1) * SUM_ROWS]
         for c in range(C):
             m = center[c]
-            sg[c] += (np.float64(g0[c]) + np.float64(g1[c])) + (np.float64(g2[c]) + np.float64(g3[c]))
-            sgx[c] += ((np.float64(g0[c] * (x0[c] - m)) + np.float64(g1[c] * (x1[c] - m)))
-                       + (np.float64(g2[c] * (x2[c] - m)) + np.float64(g3[c] * (x3[c] - m))))
-    for r in range(R - R % 4, R):
+            t1 = 0.0
+            t2 = 0.0
+            for j in range(SUM_ROWS):
+                g = gb[j, c]
+                t1 += np.float64(g)
+                t2 += np.float64(g * (xb[j, c] - m))
+            sg[c] += t1
+            sgx[c] += t2
+    for r in range(R - R % SUM_ROWS, R):
         xv, gv = x[r], dy[r]
         for c in range(C):
             sg[c] += np.float64(gv[c])
