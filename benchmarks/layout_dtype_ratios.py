@@ -4,7 +4,7 @@
 
 For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
 bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
-(BatchNorm) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
+(BatchNorm, GroupNorm, InstanceNorm) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
 NCHW (the issue #13 targets: float16 <= 0.75x, channels-last <= 1.1x). Interleaved rounds, best
 of `rounds` (15) per row.
 """
@@ -24,8 +24,11 @@ OPS = [  # (op, shape, channels-last rows)
     ("BatchNorm2d-train", (32, 64, 28, 28), True),
     ("BatchNorm2d-eval", (64, 64, 56, 56), False),
     ("LayerNorm", (4096, 1024), False),
-    ("GroupNorm", (32, 256, 28, 28), False),
-    ("InstanceNorm2d", (32, 64, 28, 28), False),
+    ("GroupNorm", (32, 256, 28, 28), True),
+    ("GroupNorm", (32, 64, 28, 28), True),
+    ("GroupNorm", (64, 64, 56, 56), True),
+    ("InstanceNorm2d", (32, 64, 28, 28), True),
+    ("InstanceNorm2d", (64, 64, 56, 56), True),
 ]
 
 

@@ -7,12 +7,14 @@ plus the array helpers below.
 import numpy as np
 
 from . import (channel_norm, conv, elementwise, half, linear, loss, masked_channel_norm, optim,
-               pad, pool, row_norm)
+               pad, pool, row_norm, row_norm_channels_last)
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
            "from_host", "to_host"]
+# CPU only: GroupNorm/InstanceNorm on channels-last memory (the GPU copies such x to NCHW)
+__all__.append("row_norm_channels_last")
 name = "cpu"
 _HALF = np.dtype(np.float16)
 

@@ -19,10 +19,12 @@ elementwise math); other backends get float32 copies of x/dy and y/dx are rounde
 Statistics and parameter gradients are float64 sums, dweight/dbias come back in the parameters'
 dtype. bfloat16 x (ml_dtypes, the optional `bfloat16` extra) works the same way, CPU only.
 
-Channels-last x (BatchNorm): an x whose memory is (N, *spatial, C) in C order (NHWC for 4-D,
-NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a C-contiguous NHWC array, as
-PyTorch's channels_last) is normalized without a layout copy as the per-column statistics of
-its (N*S, C) view; y and dx come back in the same memory order (CPU backend; the GPU copies).
+Channels-last x (BatchNorm, GroupNorm, InstanceNorm): an x whose memory is (N, *spatial, C) in
+C order (NHWC for 4-D, NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a
+C-contiguous NHWC array, as PyTorch's channels_last) is normalized without a layout copy:
+BatchNorm as the per-column statistics of its (N*S, C) view (channel_norm), GroupNorm and
+InstanceNorm per sample's (S, C) matrix (row_norm_channels_last); y and dx come back in the
+same memory order (CPU backend; the GPU copies).
 
 `saved` keeps a reference to x and weight (no copy; for float16 parameters, their float32 copies): do not modify them in place between a
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
@@ -103,7 +105,8 @@ def _is_channels_last(be, x):
 
 
 def _from_channels_last(a, shape):
-    """The (N*S, C, 1) rows of a channels-last result as an (N, C, *spatial) array of `shape`."""
+    """A result in channels-last memory ((N*S, C, 1) or (N, S, C)) as an (N, C, *spatial) array
+    of `shape` (a view)."""
     return np.moveaxis(a.reshape((shape[0], *shape[2:], shape[1])), -1, 1)
 
 
@@ -271,18 +274,31 @@ def _constant(be, shape, value, dtype):
     return be.full(shape, value, dtype, shared=True)
 
 
-def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape):
-    """Run the row kernel on x viewed as (N*G, Cg*S); absent weight/bias become ones/zeros."""
+def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, channels_last=False):
+    """Run the row kernel on x viewed as (N*G, Cg*S), or, channels_last, on its (N, S, C)
+    memory; absent weight/bias become ones/zeros."""
     w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, _param_dtype(dtype))
     b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, _param_dtype(dtype))
-    x2 = be.contiguous(x).reshape(N * G, Cg * S)
-    y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
+    if channels_last:
+        x2 = np.moveaxis(x, 1, -1).reshape(N, S, G * Cg)
+        y2, mean, rstd = be.row_norm_channels_last.forward(x2, w, b, G, Cg, eps)
+    else:
+        x2 = be.contiguous(x).reshape(N * G, Cg * S)
+        y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
     shape = tuple(x.shape)
     saved = Saved("row", be, shape, dtype, family="row", x=x2, mean=mean, rstd=rstd, weight=w,
                   has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
-                  spatial=S)
+                  spatial=S, channels_last=channels_last)
+    if channels_last:
+        return _from_channels_last(y2, shape), saved
     return y2.reshape(shape), saved
+
+
+def _row_channels_last(be, x, dtype):
+    """GroupNorm/InstanceNorm take the channels-last kernels for float32/float64 x; float16 and
+    bfloat16 x (read natively by row_norm only) are copied to NCHW, as any other strided x."""
+    return dtype not in check.HALF_DTYPES and _is_channels_last(be, x)
 
 
 @_accepts_half("weight", "bias")
@@ -359,7 +375,8 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
     S = prod(x.shape[2:])
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
-    return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,))
+    return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,),
+                        _row_channels_last(be, x, dtype))
 
 
 def group_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -397,7 +414,8 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
         )
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
-    y, saved = _row_forward(be, x, dtype, weight, bias, eps, N, C, 1, S, (C,))
+    y, saved = _row_forward(be, x, dtype, weight, bias, eps, N, C, 1, S, (C,),
+                            _row_channels_last(be, x, dtype))
     if running_mean is not None:
         be.row_norm.instance_running_update(saved.mean, saved.rstd, eps, N, C, S,
                                             running_mean, running_var, momentum)
@@ -443,6 +461,10 @@ def _backward(dy, saved, family):
     elif family == "channel":
         dx, dweight, dbias = be.channel_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                       saved.weight, saved.training)
+    elif saved.channels_last:
+        dx, dweight, dbias = be.row_norm_channels_last.backward(
+            saved.x, dy_view, saved.mean, saved.rstd, saved.weight, saved.groups,
+            saved.channels_per_group)
     else:
         dx, dweight, dbias = be.row_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                   saved.weight, saved.groups,
