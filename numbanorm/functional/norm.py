@@ -12,26 +12,13 @@ Formulas (biased variance for normalization, unbiased for running_var):
   y = (x - mean) / sqrt(var + eps) * weight + bias
   running = (1 - momentum) * running + momentum * batch_statistic
 
-float16 x (and dy): float32 or float16 parameters and running statistics (float32, PyTorch's
-mixed-precision convention, or float16, all of one dtype; float16 ones are computed with as
-float32 copies). The CPU kernels read x/dy and write y/dx in float16 themselves (float32
-elementwise math); other backends get float32 copies of x/dy and y/dx are rounded back.
-Statistics and parameter gradients are float64 sums, dweight/dbias come back in the parameters'
-dtype. bfloat16 x (ml_dtypes, the optional `bfloat16` extra) works the same way, CPU only.
-
-Channels-last x (BatchNorm, GroupNorm, InstanceNorm): an x whose memory is (N, *spatial, C) in
-C order (NHWC for 4-D, NDHWC for 5-D, NLC for 3-D, e.g. `a.transpose(0, 3, 1, 2)` of a
-C-contiguous NHWC array, as PyTorch's channels_last) is normalized without a layout copy:
-BatchNorm as the per-column statistics of its (N*S, C) view (channel_norm), GroupNorm and
-InstanceNorm per sample's (S, C) matrix (row_norm_channels_last); y and dx come back in the
-same memory order (CPU backend; the GPU copies).
+float16/bfloat16 x and channels-last x: see _formats.py.
 
 `saved` keeps a reference to x and weight (no copy; for float16 parameters, their float32 copies): do not modify them in place between a
 forward and its backward, it changes the gradient. Debug mode (numbanorm.set_debug(True) or
 NUMBANORM_DEBUG=1) makes the backward raise RuntimeError when they were modified.
 """
 import functools
-import inspect
 
 import numpy as np
 
@@ -39,53 +26,9 @@ from .. import _backend
 from .. import _validate as check
 from ._common import (Array, Saved, check_saved, grad_output, on_backend, prod, to_host,
                       update_running)
+from ._formats import accepts_half, from_channels_last, is_channels_last, param_dtype
 
 Grads = tuple[Array, Array | None, Array | None]  # (dx, dweight, dbias)
-HALF = check.HALF
-FLOAT32 = np.dtype(np.float32)
-
-
-def _param_dtype(dtype):
-    """The dtype of the parameters an op on x of `dtype` computes with (float32 for 16-bit x)."""
-    return FLOAT32 if dtype in check.HALF_DTYPES else dtype
-
-
-def _accepts_half(*params, running=()):
-    """Decorator of a forward op for float16 (or bfloat16, CPU only) x. params / running: the
-    names of its parameter and running-statistic arguments. They reach the op as float32 (copies
-    of 16-bit ones; running statistics written back after the op succeeded). On the CPU the op
-    gets x itself (the kernels read 16-bit data); other backends get a float32 copy of float16
-    x, y rounded back."""
-    def decorate(op):
-        names = list(inspect.signature(op).parameters)
-
-        @functools.wraps(op)
-        def forward(*args, **kwargs):
-            x = args[0] if args else kwargs.get("x")
-            if getattr(x, "dtype", None) not in check.HALF_DTYPES:
-                return op(*args, **kwargs)
-            given = dict(zip(names, args))
-            if len(args) > len(names) or given.keys() & kwargs.keys():
-                return op(*args, **kwargs)  # Python's own TypeError
-            given.update(kwargs)
-            be, arrays = _backend.select(**{n: given.get(n) for n in ("x", *params, *running)})
-            dtype = np.dtype(x.dtype)
-            if dtype != HALF and be.name != "cpu":
-                raise TypeError(f"x of dtype {dtype} is supported on the CPU backend only "
-                                f"(float16 on every backend)")
-            param_dtype = check.half_param_dtype(dtype, **{n: arrays[n] for n in (*params, *running)})
-            as32 = {n: be.cast(arrays[n], FLOAT32) for n in (*params, *running)
-                    if arrays[n] is not None}
-            given.update(as32)
-            given["x"] = arrays["x"] if be.name == "cpu" else be.cast(arrays["x"], FLOAT32)
-            y, saved = op(**given)
-            for n in running:
-                if n in as32 and as32[n] is not arrays[n]:
-                    be.copy_(arrays[n], as32[n])
-            saved.dtype, saved.param_dtype = dtype, param_dtype
-            return be.cast(y, dtype), saved
-        return forward
-    return decorate
 
 
 def _empty_result(be, x, family, dtype, weight, bias, param_shape):
@@ -98,18 +41,6 @@ def _empty_result(be, x, family, dtype, weight, bias, param_shape):
 
 # ---------------------------------------------------------------- BatchNorm
 
-def _is_channels_last(be, x):
-    """x (N, C, *spatial) is a dense channels-last array, not also C-contiguous (CPU arrays)."""
-    return (be.name == "cpu" and x.ndim >= 3 and not x.flags.c_contiguous
-            and np.moveaxis(x, 1, -1).flags.c_contiguous)
-
-
-def _from_channels_last(a, shape):
-    """A result in channels-last memory ((N*S, C, 1) or (N, S, C)) as an (N, C, *spatial) array
-    of `shape` (a view)."""
-    return np.moveaxis(a.reshape((shape[0], *shape[2:], shape[1])), -1, 1)
-
-
 def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_mean: Array | None,
                    running_var: Array | None, eps: float, momentum: float, min_ndim: int,
                    dtypes: tuple = check.FLOAT_DTYPES) -> tuple:
@@ -117,7 +48,7 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
 
     Returns (backend, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps, momentum)
     with the arrays as the backend computes on them and S = prod(spatial). dtypes: x's accepted
-    dtypes (the message's list); float16 x comes with float32 parameters (see _accepts_half).
+    dtypes (the message's list); float16 x comes with float32 parameters (see _formats.accepts_half).
     """
     if (type(x) is np.ndarray and x.dtype in dtypes and x.ndim >= min_ndim
             and _common_params(x, weight, bias, running_mean, running_var)
@@ -134,11 +65,11 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
     check.min_ndim("x", x, min_ndim, "(N, C) or (N, C, *spatial)" if min_ndim == 2 else "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     shape = (C,)
-    param_dtype = _param_dtype(dtype)
-    check.param("weight", weight, shape, param_dtype)
-    check.param("bias", bias, shape, param_dtype)
-    check.param("running_mean", running_mean, shape, param_dtype)
-    check.param("running_var", running_var, shape, param_dtype)
+    p_dtype = param_dtype(dtype)
+    check.param("weight", weight, shape, p_dtype)
+    check.param("bias", bias, shape, p_dtype)
+    check.param("running_mean", running_mean, shape, p_dtype)
+    check.param("running_var", running_var, shape, p_dtype)
     check.running_pair(running_mean, running_var)
     return (be, x, weight, bias, running_mean, running_var, dtype,
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
@@ -154,7 +85,7 @@ def _common_params(x, *params):
     return True
 
 
-@_accepts_half("weight", "bias", running=("running_mean", "running_var"))
+@accepts_half("weight", "bias", running=("running_mean", "running_var"))
 def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                running_mean: Array | None = None, running_var: Array | None = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -194,7 +125,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     shape = tuple(x.shape)
     if N * C * S == 0:
         return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
-    channels_last = _is_channels_last(be, x)
+    channels_last = is_channels_last(be, x)
     if channels_last:  # per-column statistics of the (N*S, C) view: the S == 1 kernels
         x3 = np.moveaxis(x, 1, -1).reshape(N * S, C, 1)
     else:
@@ -205,7 +136,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                   weight=weight, has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=(C,), training=training, channels_last=channels_last)
     if channels_last:
-        return _from_channels_last(y3, shape), saved
+        return from_channels_last(y3, shape), saved
     return y3.reshape(shape), saved
 
 
@@ -277,8 +208,8 @@ def _constant(be, shape, value, dtype):
 def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, channels_last=False):
     """Run the row kernel on x viewed as (N*G, Cg*S), or, channels_last, on its (N, S, C)
     memory; absent weight/bias become ones/zeros."""
-    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, _param_dtype(dtype))
-    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, _param_dtype(dtype))
+    w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, param_dtype(dtype))
+    b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, param_dtype(dtype))
     if channels_last:
         x2 = np.moveaxis(x, 1, -1).reshape(N, S, G * Cg)
         y2, mean, rstd = be.row_norm_channels_last.forward(x2, w, b, G, Cg, eps)
@@ -291,17 +222,17 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, chan
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
                   spatial=S, channels_last=channels_last)
     if channels_last:
-        return _from_channels_last(y2, shape), saved
+        return from_channels_last(y2, shape), saved
     return y2.reshape(shape), saved
 
 
 def _row_channels_last(be, x, dtype):
     """GroupNorm/InstanceNorm take the channels-last kernels for float32/float64 x; float16 and
     bfloat16 x (read natively by row_norm only) are copied to NCHW, as any other strided x."""
-    return dtype not in check.HALF_DTYPES and _is_channels_last(be, x)
+    return dtype not in check.HALF_DTYPES and is_channels_last(be, x)
 
 
-@_accepts_half("weight", "bias")
+@accepts_half("weight", "bias")
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
@@ -323,8 +254,8 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
         raise ValueError(
             f"x's trailing dims must equal normalized_shape {shape}, got x of shape {x_shape}"
         )
-    check.param("weight", weight, shape, _param_dtype(dtype))
-    check.param("bias", bias, shape, _param_dtype(dtype))
+    check.param("weight", weight, shape, param_dtype(dtype))
+    check.param("bias", bias, shape, param_dtype(dtype))
     eps = check.eps(eps)
     M = prod(shape)
     R = prod(x_shape[:lead])
@@ -358,7 +289,7 @@ def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
     return _backward(dy, saved, "row")
 
 
-@_accepts_half("weight", "bias")
+@accepts_half("weight", "bias")
 def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
                eps: float = 1e-5) -> tuple[Array, Saved]:
     """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
@@ -369,8 +300,8 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
     check.min_ndim("x", x, 2, "(N, C, *spatial)")
     N, C = int(x.shape[0]), int(x.shape[1])
     G = check.num_groups(num_groups, C)
-    check.param("weight", weight, (C,), _param_dtype(dtype))
-    check.param("bias", bias, (C,), _param_dtype(dtype))
+    check.param("weight", weight, (C,), param_dtype(dtype))
+    check.param("bias", bias, (C,), param_dtype(dtype))
     eps = check.eps(eps)
     S = prod(x.shape[2:])
     if N * C * S == 0:
@@ -390,7 +321,7 @@ def group_norm_backward(dy: Array, saved: Saved) -> Grads:
     return _backward(dy, saved, "row")
 
 
-@_accepts_half("weight", "bias", running=("running_mean", "running_var"))
+@accepts_half("weight", "bias", running=("running_mean", "running_var"))
 def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                   running_mean: Array | None = None, running_var: Array | None = None,
                   use_input_stats: bool = True, momentum: float = 0.1,
@@ -471,7 +402,7 @@ def _backward(dy, saved, family):
                                                   saved.channels_per_group, saved.spatial)
     dw = _param_grad(be, dweight, param_dtype, saved.param_shape) if saved.has_weight else None
     db = _param_grad(be, dbias, param_dtype, saved.param_shape) if saved.has_bias else None
-    dx = _from_channels_last(dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
+    dx = from_channels_last(dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
     return be.cast(dx, saved.dtype), dw, db
 
 
