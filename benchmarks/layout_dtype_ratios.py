@@ -1,12 +1,13 @@
 """float16 and channels-last norm ops against float32 NCHW, side by side in one run.
 
-    python -m benchmarks.layout_dtype_ratios [threads] [rounds]
+    python -m benchmarks.layout_dtype_ratios [threads] [rounds] [only]
 
 For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
 bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
 (BatchNorm, GroupNorm, InstanceNorm) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
 NCHW (the issue #13 targets: float16 <= 0.75x, channels-last <= 1.1x). Interleaved rounds, best
-of `rounds` (15) per row.
+of `rounds` (15) per row. `only`: run just the ops whose "op shape" (e.g. "GroupNorm
+32x256x28x28") contains one of these comma-separated strings, e.g. "32x64x28x28".
 """
 import sys
 import time
@@ -75,11 +76,14 @@ def _rows(op, shape, channels_last, rng):
     return rows
 
 
-def main(threads=None, rounds=15):
+def main(threads=None, rounds=15, only=None):
     if threads:
         numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
     for op, shape, channels_last in OPS:
+        name = f"{op} {'x'.join(map(str, shape))}"
+        if only and not any(o in name for o in only.split(",")):
+            continue
         rows = _rows(op, shape, channels_last, rng)
         best = {k: [np.inf, np.inf] for k in rows}
         for _ in range(rounds):
@@ -96,4 +100,4 @@ def main(threads=None, rounds=15):
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(*(int(a) for a in sys.argv[1:3]), *sys.argv[3:4])

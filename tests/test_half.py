@@ -192,7 +192,9 @@ def test_half_masked_batch_norm_matches_float32():
     dx, dw, db = F.batch_norm_backward(dy, saved)
     dx32, dw32, db32 = F.batch_norm_backward(dy.astype(np.float32), saved32)
     np.testing.assert_array_equal(dx, dx32.astype(HALF))
-    np.testing.assert_array_equal(dw, dw32)
+    # float16 data's sums are float32 block sums (numbanorm.cpu.half.dy_sums), float32 data's
+    # float64 ones: dweight agrees to float32 accumulation error, not bit for bit
+    np.testing.assert_allclose(dw, dw32, rtol=1e-5, atol=1e-6)
 
 
 # the parallel kernels (x above SERIAL_BELOW, several tasks), mean 1e3 + unit noise: each op's

@@ -3,7 +3,8 @@
 Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C) input).
 Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
 float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
-load/store; elementwise math in float32); statistics and parameter gradients are float64 sums.
+load/store; elementwise math in float32); statistics and parameter gradients are float64 sums
+(for 16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums).
 The eval-mode backward's one-pass kernel is in numbanorm.cpu.channel_norm_eval.
 
 Determinism: the work is cut into tasks whose size depends only on the shape (never on the
@@ -18,7 +19,7 @@ from numba.core.errors import NumbaPerformanceWarning
 
 from . import _memory, channel_norm_eval
 from ._parallel import FASTMATH, TASK_SIZE, serial
-from .half import bits, load, store, work_empty
+from .half import bits, dy_sums, load, shifted_sums, store, work_empty
 
 
 # Rows x[n, c] at least this long are one task each (or several, above TASK_SIZE): consecutive
@@ -57,16 +58,11 @@ def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
     for n in range(b * samples, min(N, (b + 1) * samples)):
         xv = x[n, c, s0:s1]
         if with_dy:
-            gv = dy[n, c, s0:s1]
-            for s in range(xv.size):
-                g = np.float64(load(gv, s))
-                a1 += g
-                a2 += g * (np.float64(load(xv, s)) - m)
+            r1, r2 = dy_sums(dy[n, c, s0:s1], xv, m)
         else:
-            for s in range(xv.size):
-                d = np.float64(load(xv, s)) - m
-                a1 += d
-                a2 += d * d
+            r1, r2 = shifted_sums(xv, m)
+        a1 += r1
+        a2 += r2
     p1[b, c, k] = a1
     p2[b, c, k] = a2
 

@@ -9,6 +9,15 @@ For float32/float64 arrays `load`/`store` are plain indexing, so one kernel body
 dtype; `work(a, v)` / `work_empty(a, n)` give the elementwise work type of a's data (float32 for
 float16 and float32 data, float64 for float64). `convert` is the flat float16 <-> float32 copy
 (`numbanorm.cpu.cast`): parameters, gradients, and NumPy's own astype is scalar and ~10x slower.
+
+`shifted_sums` / `dy_sums` are the float64 reductions of the statistics and the backward over
+one contiguous run of values. For 16-bit data they sum in float32 over fixed blocks of
+SUM_BLOCK elements and add each block's sum into float64: in cache, converting each element
+to float64 cost more than the float32 data path (0.071 against 0.034 ns/element). The values
+are exact in float32 and, shifted by a nearby value, so are their differences and squares (a
+float16 or bfloat16 difference has at most 12 significant bits), so a block sum's relative
+error is ~SUM_BLOCK * 2**-24, far below float16 rounding. Blocks are fixed by the run, so the
+result does not depend on the thread count. float32/float64 data keep plain float64 sums.
 """
 import numpy as np
 from llvmlite import ir
@@ -17,10 +26,11 @@ from numba.extending import intrinsic, overload
 
 from .._validate import BFLOAT16
 from . import _memory
-from ._parallel import TASK_SIZE, serial
+from ._parallel import FASTMATH, TASK_SIZE, serial
 
 BITS = np.dtype(np.uint16)  # how a float16 array reaches a kernel
 BF16_BITS = np.dtype(np.int16)  # how a bfloat16 (ml_dtypes) array reaches a kernel
+SUM_BLOCK = 256  # elements per float32 partial sum of 16-bit data (shifted_sums, dy_sums)
 
 
 @intrinsic
@@ -129,6 +139,105 @@ def _work_empty(a, n):
     if a.dtype == types.float64:
         return lambda a, n: np.empty(n, np.float64)
     return lambda a, n: np.empty(n, np.float32)
+
+
+def shifted_sums(v, shift):
+    """(sum(v - shift), sum((v - shift)**2)) in float64 over a 1-D contiguous view v of data
+    or 16-bit bits; shift a float64 near v's values (exact in float32 for 16-bit data, e.g.
+    one of v's values, for the block sums to be exact; any other value is corrected for)."""
+    d = np.array([load(v, i) for i in range(v.size)], np.float64) - shift
+    return d.sum(), (d * d).sum()
+
+
+def dy_sums(g, v, center):
+    """(sum(g), sum(g * (v - center))) in float64 over 1-D contiguous views g, v of equal size.
+    center: float64, or the work type's value; for float32/float64 data the products are
+    taken in the promoted type of (g, v - center), as the callers' kernels always did."""
+    g = np.array([load(g, i) for i in range(g.size)], np.float64)
+    v = np.array([load(v, i) for i in range(v.size)], np.float64)
+    return g.sum(), (g * (v - center)).sum()
+
+
+def _is_16bit(a):
+    return a.dtype in (types.uint16, types.int16)
+
+
+@overload(shifted_sums, inline="always")
+def _shifted_sums(v, shift):
+    if _is_16bit(v):
+        return lambda v, shift: _shifted_sums_16(v, shift)
+    return lambda v, shift: _shifted_sums_64(v, shift)
+
+
+@overload(dy_sums, inline="always")
+def _dy_sums(g, v, center):
+    if _is_16bit(v):
+        return lambda g, v, center: _dy_sums_16(g, v, center)
+    return lambda g, v, center: _dy_sums_wide(g, v, center)
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _shifted_sums_64(v, shift):
+    a1 = 0.0
+    a2 = 0.0
+    for i in range(v.size):
+        d = np.float64(load(v, i)) - shift
+        a1 += d
+        a2 += d * d
+    return a1, a2
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _shifted_sums_16(v, shift):
+    shift32 = np.float32(shift)
+    n = v.size
+    a1 = 0.0
+    a2 = 0.0
+    for b0 in range(0, n, SUM_BLOCK):
+        bv = v[b0:min(n, b0 + SUM_BLOCK)]
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        for i in range(bv.size):
+            d = load(bv, i) - shift32
+            s1 += d
+            s2 += d * d
+        a1 += s1
+        a2 += s2
+    # sums about shift32 -> about shift (e = 0 when shift is exact in float32)
+    e = np.float64(shift32) - shift
+    return a1 + n * e, a2 + 2.0 * e * a1 + n * e * e
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _dy_sums_wide(g, v, center):
+    a1 = 0.0
+    a2 = 0.0
+    for i in range(v.size):
+        gi = load(g, i)
+        a1 += gi
+        a2 += gi * (load(v, i) - center)
+    return a1, a2
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _dy_sums_16(g, v, center):
+    c32 = np.float32(center)
+    n = v.size
+    a1 = 0.0
+    a2 = 0.0
+    for b0 in range(0, n, SUM_BLOCK):
+        gv = g[b0:min(n, b0 + SUM_BLOCK)]
+        bv = v[b0:min(n, b0 + SUM_BLOCK)]
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        for i in range(bv.size):
+            gi = load(gv, i)
+            s1 += gi
+            s2 += gi * (load(bv, i) - c32)
+        a1 += s1
+        a2 += s2
+    # sum(g * (v - center)) = sum(g * (v - c32)) + (c32 - center) * sum(g)
+    return a1, a2 + (np.float64(c32) - center) * a1
 
 
 @njit(parallel=True, cache=True)

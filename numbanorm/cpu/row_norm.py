@@ -9,7 +9,8 @@ The affine weight/bias have G * Cg entries; element (r, c * S + s) uses entry g 
 
 x, dy, y and dx are float32, float64 or float16 (uint16 bits in the kernels, read and written
 through numbanorm.cpu.half's load/store; elementwise math in float32); weight/bias are float32
-for float16 data, else x's dtype; statistics and parameter gradients are float64 sums.
+for float16 data, else x's dtype; statistics and parameter gradients are float64 sums (for
+16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums).
 
 Each task owns whole rows (a shape-determined number of them) and makes both passes over a
 row back to back, so the second pass reads the row from cache, not memory.
@@ -19,7 +20,7 @@ from numba import njit, prange
 
 from . import _memory
 from ._parallel import FASTMATH, SERIAL_BELOW, TASK_SIZE
-from .half import bits, load, store, work
+from .half import bits, dy_sums, load, shifted_sums, store, work
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -28,12 +29,7 @@ def _row_stats(xr, eps):
     shift keeps the variance free of cancellation for data with a large mean)."""
     M = xr.size
     shift = np.float64(load(xr, 0))
-    a1 = 0.0
-    a2 = 0.0
-    for j in range(M):
-        d = np.float64(load(xr, j)) - shift
-        a1 += d
-        a2 += d * d
+    a1, a2 = shifted_sums(xr, shift)
     d_mean = a1 / M
     return shift + d_mean, 1.0 / np.sqrt(max(a2 / M - d_mean * d_mean, 0.0) + eps)
 
@@ -160,14 +156,7 @@ def _backward_task(t, x, dy, mean, rstd, weight, G, Cg, S, rows_per_task, dx, pa
                 pb[k] += g
         else:
             for k in range(Cg):
-                sg = 0.0
-                sgx = 0.0
-                xv = xr[k * S:(k + 1) * S]
-                gv = gr[k * S:(k + 1) * S]
-                for j in range(S):
-                    g = load(gv, j)
-                    sg += g
-                    sgx += g * (load(xv, j) - m_x)
+                sg, sgx = dy_sums(gr[k * S:(k + 1) * S], xr[k * S:(k + 1) * S], m_x)
                 sgx = sgx * rs + c * sg  # sum(dy * xhat)
                 w = np.float64(weight[base + k])
                 s1 += w * sg
