@@ -218,6 +218,18 @@ LARGE_OPS = {
     "instance_norm": ((8, 16, 30, 30), lambda x, w, b: F.instance_norm(x, w, b),
                       F.instance_norm_backward, lambda x, w, b: ref.instance_norm(x, w, b)[0],
                       lambda dy, x, w: ref.instance_norm_backward(dy, x, w)),
+    # runs spanning many float32 summation blocks (numbanorm.cpu.half.SUM_BLOCK), not a
+    # multiple of the block: rows of 20000, channels of 3000 (GroupNorm), planes of 8190
+    "layer_norm-long-rows": ((8, 20000), lambda x, w, b: F.layer_norm(x, 20000, w, b),
+                             F.layer_norm_backward,
+                             lambda x, w, b: ref.layer_norm(x, (20000,), w, b),
+                             lambda dy, x, w: ref.layer_norm_backward(dy, x, (20000,), w)),
+    "group_norm-long-channels": ((4, 8, 60, 50), lambda x, w, b: F.group_norm(x, 2, w, b),
+                                 F.group_norm_backward, lambda x, w, b: ref.group_norm(x, 2, w, b),
+                                 lambda dy, x, w: ref.group_norm_backward(dy, x, 2, w)),
+    "batch_norm-long-planes": ((4, 4, 90, 91), lambda x, w, b: F.batch_norm(x, w, b),
+                               F.batch_norm_backward, lambda x, w, b: ref.batch_norm(x, w, b)[0],
+                               lambda dy, x, w: ref.batch_norm_backward(dy, x, w)),
 }
 
 
@@ -230,7 +242,7 @@ def test_half_large_mean_parallel_deterministic(op, dtype):
     import numba
 
     shape, forward, backward, ref_forward, ref_backward = LARGE_OPS[op]
-    pshape = (shape[-1],) if op == "layer_norm" else (shape[1],)
+    pshape = (shape[-1],) if op.startswith("layer_norm") else (shape[1],)
     rng = np.random.default_rng(3)
     x = (1e3 + rng.standard_normal(shape)).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -255,6 +267,37 @@ def test_half_large_mean_parallel_deterministic(op, dtype):
     for got, want, dt in zip((dx, dw, db), ref_backward(f64(dy), f64(x), f64(w)),
                              (dtype, np.float32, np.float32)):
         assert_grad_close(got, want, dt, tol)
+
+
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT)
+def test_half_block_sums_error_bound(dtype):
+    """shifted_sums / dy_sums of 16-bit data (float32 sums over blocks of SUM_BLOCK values,
+    added into float64) against exact float64 sums of the same values, mean 1e3 + unit noise:
+    the error stays within SUM_BLOCK * 2**-24 of the sum of magnitudes, far below float16
+    rounding; a shift or center not exact in float32 is corrected for."""
+    from numba import njit
+
+    from numbanorm.cpu._parallel import FASTMATH
+    from numbanorm.cpu.half import SUM_BLOCK, bits, dy_sums, shifted_sums
+
+    @njit(fastmath=FASTMATH)
+    def sums(x, g, shift, center):
+        return shifted_sums(x, shift) + dy_sums(g, x, center)
+
+    rng = np.random.default_rng(5)
+    n = 100_003  # ~390 blocks, the last one partial
+    x = (1e3 + rng.standard_normal(n)).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    xv, gv = f64(x), f64(g)
+    bound = SUM_BLOCK * 2.0**-24
+    for shift, center in ((xv[0], xv.mean()), (1000.1, 999.9)):  # 1000.1: not a float32
+        got = sums(bits(x), bits(g), shift, center)
+        d = xv - shift
+        e = gv * (xv - center)
+        for value, exact, magnitude in zip(got, (d.sum(), (d * d).sum(), gv.sum(), e.sum()),
+                                           (np.abs(d).sum(), (d * d).sum(), np.abs(gv).sum(),
+                                            np.abs(e).sum())):
+            assert abs(value - exact) <= bound * magnitude + 1e-9, (value, exact)
 
 
 def test_half_loads_and_stores_in_jitted_code():
