@@ -270,6 +270,39 @@ def test_half_large_mean_parallel_deterministic(op, dtype):
 
 
 @pytest.mark.parametrize("dtype", SIXTEEN_BIT)
+def test_half_eval_backward_large_mean_parallel_deterministic(dtype):
+    """The eval-mode BatchNorm backward's one-pass kernel (numbanorm.cpu.channel_norm_eval) on
+    16-bit data of mean 1e3 with running statistics near it: dx, dweight, dbias match the float64
+    reference and are bitwise the same for 1 and 2 threads."""
+    import numba
+
+    rng = np.random.default_rng(4)
+    shape = (8, 16, 40, 40)
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.5 * rng.standard_normal(16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    rm = (1e3 + 0.1 * rng.standard_normal(16)).astype(np.float32)  # not float16 values
+    rv = (1 + 0.1 * rng.random(16)).astype(np.float32)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            _, saved = F.batch_norm(x, w, b, rm, rv, False)
+            results.append(F.batch_norm_backward(dy, saved))
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a.view(np.uint8), c.view(np.uint8))
+    tol = 2e-3 if dtype == HALF else 1.6e-2
+    for got, want, dt in zip(results[0], ref.batch_norm_eval_backward(f64(dy), f64(x), f64(w),
+                                                                      f64(rm), f64(rv)),
+                             (dtype, np.float32, np.float32)):
+        assert_grad_close(got, want, dt, tol)
+
+
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT)
 def test_half_block_sums_error_bound(dtype):
     """shifted_sums / dy_sums of 16-bit data (float32 sums over blocks of SUM_BLOCK values,
     added into float64) against exact float64 sums of the same values, mean 1e3 + unit noise:
