@@ -162,14 +162,14 @@ def _is_16bit(a):
     return a.dtype in (types.uint16, types.int16)
 
 
-@overload(shifted_sums, inline="always")
+@overload(shifted_sums)  # not inline="always": IR-inlined into parfors it warns (NumbaIRAssumptionWarning)
 def _shifted_sums(v, shift):
     if _is_16bit(v):
         return lambda v, shift: _shifted_sums_16(v, shift)
     return lambda v, shift: _shifted_sums_64(v, shift)
 
 
-@overload(dy_sums, inline="always")
+@overload(dy_sums)  # (see shifted_sums)
 def _dy_sums(g, v, center):
     if _is_16bit(v):
         return lambda g, v, center: _dy_sums_16(g, v, center)
