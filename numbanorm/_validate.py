@@ -28,6 +28,12 @@ def float_array(name, a, dtypes=FLOAT_DTYPES):
     return dtype
 
 
+def param_dtype(dtype):
+    """The dtype of the parameters an op on x of `dtype` computes with (float32 for 16-bit x);
+    the kernels of every backend take their parameters in it."""
+    return FLOAT_DTYPES[0] if dtype in HALF_DTYPES else dtype
+
+
 def half_param_dtype(x_dtype, **params):
     """The dtype of the parameters and buffers (None values ignored) of an op on x of a 16-bit
     x_dtype: float32 (the mixed-precision convention, also when none is given) or x_dtype, the

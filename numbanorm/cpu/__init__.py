@@ -12,9 +12,7 @@ from . import (channel_norm, conv, elementwise, half, linear, loss, masked_chann
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
-           "from_host", "to_host"]
-# CPU only: GroupNorm/InstanceNorm on channels-last memory (the GPU copies such x to NCHW)
-__all__.append("row_norm_channels_last")
+           "from_host", "to_host", "row_norm_channels_last", "moveaxis"]
 name = "cpu"
 _HALF = np.dtype(np.float16)
 
@@ -35,6 +33,9 @@ def full(shape, value, dtype, shared=False):
 
 def is_contiguous(a):
     return a.flags.c_contiguous
+
+
+moveaxis = np.moveaxis  # a view with one axis moved (channels-last memory as (N, *spatial, C))
 
 
 def cast(a, dtype):

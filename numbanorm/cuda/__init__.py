@@ -20,19 +20,21 @@ except where its docstring says so (cross_entropy's loss value, a BatchNorm mask
 Only this package imports numba.cuda, so the CPU path works without numba-cuda.
 """
 import numpy as np
+from numba import config as numba_config
 from numba import cuda
 from numba.cuda import devicearray
 
 from . import config  # noqa: F401  (numbanorm.cuda.config.THREADS = 32 in tests)
 from . import (channel_norm, conv, elementwise, linear, loss, masked_channel_norm, optim, pad,
-               pool, row_norm)
+               pool, row_norm, row_norm_channels_last)
 from ._common import add_ as _add_, begin_op, copy_cast, device_array, op_stream, stream
 from ._common import to_host as _to_host
 
 # the backend interface: the same names in numbanorm.cpu and numbanorm.cuda (plus to_device)
-__all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
-           "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
-           "from_host", "to_host", "to_device", "stream", "begin"]
+__all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "row_norm_channels_last",
+           "conv", "linear", "pad", "pool", "elementwise", "loss", "optim", "wrap", "contiguous",
+           "is_contiguous", "moveaxis", "empty", "full", "cast", "copy_", "add_", "from_host",
+           "to_host", "to_device", "stream", "begin"]
 name = "cuda"
 
 
@@ -75,6 +77,22 @@ def contiguous(a):
 
 def is_contiguous(a):
     return a.is_c_contiguous()
+
+
+def moveaxis(a, source, destination):
+    """np.moveaxis for a device array: a view with axis `source` moved to `destination` (no
+    copy; the same memory, strides permuted, bound to a's stream)."""
+    ndim = len(a.shape)
+    source, destination = source % ndim, destination % ndim
+    axes = [i for i in range(ndim) if i != source]
+    axes.insert(destination, source)
+    if numba_config.ENABLE_CUDASIM:  # the simulator's arrays wrap a NumPy array, transposed as one
+        view = a.transpose(axes)
+        view.stream = a.stream
+        return view
+    return devicearray.DeviceNDArray(shape=tuple(a.shape[i] for i in axes),
+                                     strides=tuple(a.strides[i] for i in axes), dtype=a.dtype,
+                                     stream=a.stream, gpu_data=a.gpu_data)
 
 
 def from_host(a):

@@ -24,15 +24,20 @@ really pass, declared on the line right after the kernel with `float_signatures`
 
     @cuda.jit
     def _fill(out, value): ...
-    KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64")
+    KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64") + [
+    "void(float16[::1], float64)"]  # float16 parameters' zero gradients (an empty batch)
 
 `{f}` stands for the data dtype, float32 and float64 (a template without it gives one
-signature). Types as Numba infers them at a launch: a C-contiguous n-d device array of dtype
-d is `d[:, ..., ::1]` (any other layout `d[:, ...]`), a Python int `int64`, a float `float64`,
+signature); `{p}` for the parameters' dtype that goes with it (the same). The norm kernels,
+which read and write float16 data themselves, pass `half=True`: one more signature with
+{f} = float16 and {p} = float32 (mixed precision: float16 x/dy/y/dx, float32 parameters).
+Types as Numba infers them at a launch: a C-contiguous n-d device array of dtype d is
+`d[:, ..., ::1]` (any other layout `d[:, ...]`), a Python int `int64`, a float `float64`,
 a bool `boolean`, a NumPy scalar its own type. So launchers pass Python scalars (int(),
-float(), bool() on values that may come from a caller) and placeholders of the data dtype for
-absent arrays: each kernel then needs one signature per float dtype (a real GPU compiles it at
-most twice), and a new module or kernel needs nothing but its KERNEL_SIGNATURES entries.
+float(), bool() on values that may come from a caller) and placeholders of the data (or
+parameters') dtype for absent arrays: each kernel then needs one signature per float dtype (a
+real GPU compiles it at most twice, three times with float16), and a new module or kernel
+needs nothing but its KERNEL_SIGNATURES entries.
 - tests/test_nvvm.py walks every module of numbanorm.cuda, finds every kernel, and compiles
   each declared signature with NVIDIA's NVVM (`numba.cuda.compile_ptx`) for compute
   capability 8.0 and 9.0; it fails on a compile error, on a kernel without a declaration and
@@ -51,14 +56,17 @@ from numba import cuda
 
 from . import config
 
-FLOAT_TYPES = ("float32", "float64")
+FLOAT_TYPES = (("float32", "float32"), ("float64", "float64"))  # (data, parameters)
+HALF_TYPES = ("float16", "float32")
 KERNEL_SIGNATURES = {}
 
 
-def float_signatures(*arg_templates):
+def float_signatures(*arg_templates, half=False):
     """["void(<args>)", ...] for each template and each data dtype: `{f}` in a template is
-    replaced by float32, then float64; duplicates are dropped, the order kept."""
-    sigs = (f"void({t.format(f=f)})" for t in arg_templates for f in FLOAT_TYPES)
+    replaced by float32, then float64 (then float16 with half=True), `{p}` by the parameters'
+    dtype of that data dtype (float32 for float16); duplicates are dropped, the order kept."""
+    types = FLOAT_TYPES + ((HALF_TYPES,) if half else ())
+    sigs = (f"void({t.format(f=f, p=p)})" for t in arg_templates for f, p in types)
     return list(dict.fromkeys(sigs))
 
 
@@ -280,7 +288,8 @@ def _fill(out, value):
         out[i] = value
 
 
-KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64")
+KERNEL_SIGNATURES["_fill"] = float_signatures("{f}[::1], float64") + [
+    "void(float16[::1], float64)"]  # float16 parameters' zero gradients (an empty batch)
 
 
 @cuda.jit

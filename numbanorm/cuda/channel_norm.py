@@ -1,8 +1,13 @@
 """GPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats).
 
-Shape legend: x is a C-contiguous (N, C, S) device array, S = prod(spatial) (1 for (N, C)).
-Statistics are reduced per channel over the L = N * S values of a channel; all statistics
-and parameter gradients are float64 (C,) device arrays. Same formulas as numbanorm.cpu.
+Shape legend: x is a C-contiguous (N, C, S) device array, S = prod(spatial) (1 for (N, C);
+channels-last memory comes as its (N*S, C, 1) view). Statistics are reduced per channel over
+the L = N * S values of a channel; all statistics and parameter gradients are float64 (C,)
+device arrays. Same formulas as numbanorm.cpu.
+
+Dtypes: x/dy/y/dx float32, float64 or float16 (read into float64, the math in float64, the
+result rounded once to x's dtype); weight/bias/running statistics of x's dtype, float32 for
+float16 x (mixed precision).
 
 Two-stage reduction (no float atomics, deterministic; numbanorm.cuda.channel_reduce):
   1. partial blocks write per-(channel, chunk) sums p1[c, p], p2[c, p];
@@ -16,6 +21,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from .._validate import param_dtype
 from ._common import (cdiv, device_array, float_signatures, grid_1d, launch, placeholder,
                       threads)
 from .channel_reduce import merge, partial_sums, sum_row
@@ -86,10 +92,10 @@ def _forward_coeffs(p1, p2, x, count, flags, eps, momentum, running_mean, runnin
 
 KERNEL_SIGNATURES["_forward_coeffs"] = float_signatures(
     # running stats: the data dtype, or float64 (SyncBatchNorm's global statistics)
-    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64, {f}[::1], {f}[::1], "
-    "{f}[::1], {f}[::1], float64[::1], float64[::1], float64[::1], float64[::1]",
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64, {p}[::1], {p}[::1], "
+    "{p}[::1], {p}[::1], float64[::1], float64[::1], float64[::1], float64[::1]",
     "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64, float64[::1], "
-    "float64[::1], {f}[::1], {f}[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
+    "float64[::1], {p}[::1], {p}[::1], float64[::1], float64[::1], float64[::1], float64[::1]", half=True)
 
 
 @cuda.jit
@@ -106,7 +112,7 @@ def _affine(u, center, scale, offset, out):
 
 
 KERNEL_SIGNATURES["_affine"] = float_signatures(
-    "{f}[:, :, ::1], float64[::1], float64[::1], float64[::1], {f}[:, :, ::1]")
+    "{f}[:, :, ::1], float64[::1], float64[::1], float64[::1], {f}[:, :, ::1]", half=True)
 
 
 def forward(x, weight, bias, eps, training, running_mean, running_var, momentum):
@@ -128,7 +134,7 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     else:
         p1 = p2 = placeholder(np.float64, 2)
     y = device_array(x.shape, x.dtype)
-    unused = placeholder(x.dtype)
+    unused = placeholder(param_dtype(x.dtype))
     has_running = running_mean is not None
     flags = ((TRAINING if training else 0) | (HAS_RUNNING if has_running else 0)
              | (HAS_WEIGHT if weight is not None else 0) | (HAS_BIAS if bias is not None else 0))
@@ -174,7 +180,7 @@ def _backward_coeffs(p_dy, p_dy_xmu, rstd, weight, flags, count, dweight, dbias,
 
 
 KERNEL_SIGNATURES["_backward_coeffs"] = float_signatures(
-    "float64[:, ::1], float64[:, ::1], float64[::1], {f}[::1], int64, float64, "
+    "float64[:, ::1], float64[:, ::1], float64[::1], {p}[::1], int64, float64, "
     "float64[::1], float64[::1], float64[::1], float64[::1], float64[::1]")
 
 
@@ -195,7 +201,7 @@ def _backward_dx(x, dy, mean, a, b, d, training, dx):
 
 KERNEL_SIGNATURES["_backward_dx"] = float_signatures(
     "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], float64[::1], float64[::1], "
-    "boolean, {f}[:, :, ::1]")
+    "boolean, {f}[:, :, ::1]", half=True)
 
 
 def backward_from_sums(x, dy, mean, rstd, weight, training, sum_dy, sum_dy_xmu, count):
@@ -223,7 +229,7 @@ def _backward(x, dy, mean, rstd, weight, training, p_dy, p_dy_xmu, count):
 
 def backward_coefficients(sum_dy, sum_dy_xmu, rstd, weight, training, count, dtype):
     """-> (dweight, dbias, a, b, d), float64 (C,) device arrays, of dx = a*dy + b*(x - mean) + d
-    (see _backward_coeffs); dtype: the data's (weight's when there is one)."""
+    (see _backward_coeffs); dtype: the data's."""
     C = rstd.shape[0]
     return _coefficients(sum_dy.reshape(C, 1), sum_dy_xmu.reshape(C, 1), rstd, weight, training,
                          count, dtype)
@@ -234,9 +240,9 @@ def _coefficients(p_dy, p_dy_xmu, rstd, weight, training, count, dtype):
     t = threads()
     dweight, dbias, a, b, d = (device_array(C, np.float64) for _ in range(5))
     flags = (TRAINING if training else 0) | (HAS_WEIGHT if weight is not None else 0)
-    launch(_backward_coeffs, cdiv(C, t), t)(p_dy, p_dy_xmu, rstd,
-                                            weight if weight is not None else placeholder(dtype), flags,
-                                            float(count), dweight, dbias, a, b, d)
+    weight = weight if weight is not None else placeholder(param_dtype(dtype))
+    launch(_backward_coeffs, cdiv(C, t), t)(p_dy, p_dy_xmu, rstd, weight, flags, float(count),
+                                            dweight, dbias, a, b, d)
     return dweight, dbias, a, b, d
 
 

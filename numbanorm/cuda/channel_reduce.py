@@ -2,7 +2,8 @@
 numbanorm.cuda.channel_norm (BatchNorm statistics and backward sums) and row_norm's backward
 (dweight/dbias with per-(sample, group) statistics).
 
-Shape legend: x (and dy) a C-contiguous (N, C, S) device array; partials p1, p2 float64 (C, P).
+Shape legend: x (and dy) a C-contiguous (N, C, S) device array of float32, float64 or float16
+(read as float64); partials p1, p2 float64 (C, P).
 Channel c is cut into P chunks, P chosen from the shape and config so that about
 config.TARGET_BLOCKS blocks run even when C is small; each block writes p1[c, p], p2[c, p].
 Layouts:
@@ -15,8 +16,9 @@ No float atomics: deterministic.
 
 Partial modes: 0 = shifted stats of x: p1 = sum(x - x[0, c, 0]), p2 = sum((x - x[0, c, 0])^2);
 1 = backward sums: p1 = sum(dy), p2 = sum(dy * (x - mean[k])); 2 = as 1 with p2 scaled by
-rstd[k]. The statistic index is k = n * nstride + c // Cg (nstride = 0, Cg = 1 for BatchNorm;
-the row-norm backward uses nstride = G to get per-(sample, group) statistics).
+rstd[k]. The statistic index is k = (n // nrows) * nstride + c // Cg (nstride = 0, Cg = 1 for
+BatchNorm; the row-norm backward uses nstride = G to get per-(sample, group) statistics, and
+nrows = S on the (N*S, C, 1) view of channels-last memory, else 1).
 """
 import functools
 
@@ -39,7 +41,7 @@ def cdiv_dev(a, b):
 
 
 @cuda.jit
-def _plane_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
+def _plane_partials(x, dy, mean, rstd, nrows, nstride, Cg, mode, chunk, p1, p2):
     """Block b = c * P + p reduces values i in [p*chunk, (p+1)*chunk) of channel c (i = n*S + s)."""
     N, C, S = x.shape
     P = p1.shape[1]
@@ -65,7 +67,7 @@ def _plane_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
         for i in range(i0 + tid, i1, T):
             n = i // S
             s = i - n * S
-            k = n * nstride + g0
+            k = (n // nrows if nrows > 1 else n) * nstride + g0
             g = float64(dy[n, c, s])
             t = g * (float64(x[n, c, s]) - mean[k])
             if mode == 2:
@@ -80,11 +82,11 @@ def _plane_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
 
 KERNEL_SIGNATURES["_plane_partials"] = float_signatures(
     "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
-    "float64[:, ::1], float64[:, ::1]")
+    "int64, float64[:, ::1], float64[:, ::1]", half=True)
 
 
 @cuda.jit
-def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
+def _column_partials(x, dy, mean, rstd, nrows, nstride, Cg, mode, chunk, p1, p2):
     """S == 1: thread (column block cb, chunk p) sums channel c over rows [p*chunk, (p+1)*chunk)."""
     N, C, _ = x.shape
     ncb = cdiv_dev(C, cuda.blockDim.x)
@@ -105,7 +107,7 @@ def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
     else:
         g0 = c // Cg
         for n in range(p * chunk, n1):
-            k = n * nstride + g0
+            k = (n // nrows if nrows > 1 else n) * nstride + g0
             g = float64(dy[n, c, 0])
             t = g * (float64(x[n, c, 0]) - mean[k])
             if mode == 2:
@@ -118,7 +120,7 @@ def _column_partials(x, dy, mean, rstd, nstride, Cg, mode, chunk, p1, p2):
 
 KERNEL_SIGNATURES["_column_partials"] = float_signatures(
     "{f}[:, :, ::1], {f}[:, :, ::1], float64[::1], float64[::1], int64, int64, int64, int64, "
-    "float64[:, ::1], float64[:, ::1]")
+    "int64, float64[:, ::1], float64[:, ::1]", half=True)
 
 
 @functools.lru_cache(maxsize=256)
@@ -137,7 +139,7 @@ def _partial_plan(N, C, S, t, items, target_blocks):
     return False, C * P, P, chunk, shared_bytes(t)
 
 
-def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
+def partial_sums(x, dy, mean, rstd, nstride, Cg, mode, nrows=1):
     """Stage 1 for any mode: returns the (C, P) float64 partial arrays (p1, p2)."""
     N, C, S = x.shape
     t = threads()
@@ -149,7 +151,8 @@ def partial_sums(x, dy, mean, rstd, nstride, Cg, mode):
     dy = x if dy is None else dy
     mean = placeholder(np.float64) if mean is None else mean  # unused in mode 0
     rstd = placeholder(np.float64) if rstd is None else rstd  # unused in modes 0 and 1
-    launch(kernel, grid, t, shmem)(x, dy, mean, rstd, int(nstride), int(Cg), int(mode), int(chunk), p1, p2)
+    launch(kernel, grid, t, shmem)(x, dy, mean, rstd, int(nrows), int(nstride), int(Cg), int(mode),
+                                   int(chunk), p1, p2)
     return p1, p2
 
 

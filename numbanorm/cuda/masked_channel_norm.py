@@ -1,7 +1,8 @@
 """GPU kernels for BatchNorm with masked statistics (padded batches, variable-size inputs).
 
-Shape legend: x is a C-contiguous (N, C, S) device array; mask an (N, S) uint8 device array
-shared by every channel (1: the position enters the statistics). Partial shifted sums per
+Shape legend: x is a C-contiguous (N, C, S) device array (float32, float64, or float16 read
+into float64); mask an (N, S) uint8 device array shared by every channel (1: the position
+enters the statistics). Partial shifted sums per
 (channel, chunk) block, then one thread per channel merges them in order (no float atomics,
 deterministic); every position is normalized by numbanorm.cuda.channel_norm.
 """
@@ -45,7 +46,7 @@ def _masked_partials(x, mask, n0, s0, chunk, p1, p2):
 
 
 KERNEL_SIGNATURES["_masked_partials"] = float_signatures(
-    "{f}[:, :, ::1], uint8[:, ::1], int64, int64, int64, float64[:, ::1], float64[:, ::1]")
+    "{f}[:, :, ::1], uint8[:, ::1], int64, int64, int64, float64[:, ::1], float64[:, ::1]", half=True)
 
 
 @cuda.jit
@@ -63,7 +64,8 @@ def _masked_finish(p1, p2, x, n0, s0, count, mean, var):
 
 
 KERNEL_SIGNATURES["_masked_finish"] = float_signatures(
-    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64[::1], float64[::1]")
+    "float64[:, ::1], float64[:, ::1], {f}[:, :, ::1], int64, int64, float64, float64[::1], float64[::1]",
+    half=True)
 
 
 def stats(x, mask, n0, s0, count):
@@ -103,7 +105,7 @@ def _masked_backward_dx(x, dy, mask, mean, a, b, d, dx):
 
 KERNEL_SIGNATURES["_masked_backward_dx"] = float_signatures(
     "{f}[:, :, ::1], {f}[:, :, ::1], uint8[:, ::1], float64[::1], float64[::1], float64[::1], "
-    "float64[::1], {f}[:, :, ::1]")
+    "float64[::1], {f}[:, :, ::1]", half=True)
 
 
 def backward_from_sums(x, dy, mean, rstd, weight, mask, sum_dy, sum_dy_xmu, count):

@@ -22,21 +22,17 @@ import numpy as np
 from .. import _backend
 from .. import _validate as check
 
+from .._validate import param_dtype  # noqa: F401  (functional.norm's import)
+
 HALF = check.HALF
 FLOAT32 = np.dtype(np.float32)
-
-
-def param_dtype(dtype):
-    """The dtype of the parameters an op on x of `dtype` computes with (float32 for 16-bit x)."""
-    return FLOAT32 if dtype in check.HALF_DTYPES else dtype
 
 
 def accepts_half(*params, running=()):
     """Decorator of a forward op for float16 (or bfloat16, CPU only) x. params / running: the
     names of its parameter and running-statistic arguments. They reach the op as float32 (copies
-    of 16-bit ones; running statistics written back after the op succeeded). On the CPU the op
-    gets x itself (the kernels read 16-bit data); other backends get a float32 copy of float16
-    x, y rounded back."""
+    of 16-bit ones; running statistics written back after the op succeeded). The op gets x
+    itself (the kernels of both backends read 16-bit data)."""
     def decorate(op):
         names = list(inspect.signature(op).parameters)
 
@@ -58,24 +54,26 @@ def accepts_half(*params, running=()):
             as32 = {n: be.cast(arrays[n], FLOAT32) for n in (*params, *running)
                     if arrays[n] is not None}
             given.update(as32)
-            given["x"] = arrays["x"] if be.name == "cpu" else be.cast(arrays["x"], FLOAT32)
+            given["x"] = arrays["x"]
             y, saved = op(**given)
             for n in running:
                 if n in as32 and as32[n] is not arrays[n]:
                     be.copy_(arrays[n], as32[n])
             saved.dtype, saved.param_dtype = dtype, param_dtype
-            return be.cast(y, dtype), saved
+            return y, saved
         return forward
     return decorate
 
 
 def is_channels_last(be, x):
-    """x (N, C, *spatial) is a dense channels-last array, not also C-contiguous (CPU arrays)."""
-    return (be.name == "cpu" and x.ndim >= 3 and not x.flags.c_contiguous
-            and np.moveaxis(x, 1, -1).flags.c_contiguous)
+    """x (N, C, *spatial) is a dense channels-last array, not also C-contiguous."""
+    if be.name == "cpu":
+        return (x.ndim >= 3 and not x.flags.c_contiguous
+                and np.moveaxis(x, 1, -1).flags.c_contiguous)
+    return x.ndim >= 3 and not be.is_contiguous(x) and be.is_contiguous(be.moveaxis(x, 1, -1))
 
 
-def from_channels_last(a, shape):
+def from_channels_last(be, a, shape):
     """A result in channels-last memory ((N*S, C, 1) or (N, S, C)) as an (N, C, *spatial) array
     of `shape` (a view)."""
-    return np.moveaxis(a.reshape((shape[0], *shape[2:], shape[1])), -1, 1)
+    return be.moveaxis(a.reshape((shape[0], *shape[2:], shape[1])), -1, 1)

@@ -127,7 +127,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
         return _empty_result(be, x, "channel", dtype, weight, bias, (C,))
     channels_last = is_channels_last(be, x)
     if channels_last:  # per-column statistics of the (N*S, C) view: the S == 1 kernels
-        x3 = np.moveaxis(x, 1, -1).reshape(N * S, C, 1)
+        x3 = be.moveaxis(x, 1, -1).reshape(N * S, C, 1)
     else:
         x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
@@ -136,7 +136,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                   weight=weight, has_weight=weight is not None, has_bias=bias is not None,
                   param_shape=(C,), training=training, channels_last=channels_last)
     if channels_last:
-        return from_channels_last(y3, shape), saved
+        return from_channels_last(be, y3, shape), saved
     return y3.reshape(shape), saved
 
 
@@ -211,7 +211,7 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, chan
     w = weight if weight is not None else _constant(be, (G * Cg,), 1.0, param_dtype(dtype))
     b = bias if bias is not None else _constant(be, (G * Cg,), 0.0, param_dtype(dtype))
     if channels_last:
-        x2 = np.moveaxis(x, 1, -1).reshape(N, S, G * Cg)
+        x2 = be.moveaxis(x, 1, -1).reshape(N, S, G * Cg)
         y2, mean, rstd = be.row_norm_channels_last.forward(x2, w, b, G, Cg, eps)
     else:
         x2 = be.contiguous(x).reshape(N * G, Cg * S)
@@ -222,14 +222,15 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, chan
                   param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
                   spatial=S, channels_last=channels_last)
     if channels_last:
-        return from_channels_last(y2, shape), saved
+        return from_channels_last(be, y2, shape), saved
     return y2.reshape(shape), saved
 
 
 def _row_channels_last(be, x, dtype):
-    """GroupNorm/InstanceNorm take the channels-last kernels for float32/float64 x; float16 and
-    bfloat16 x (read natively by row_norm only) are copied to NCHW, as any other strided x."""
-    return dtype not in check.HALF_DTYPES and is_channels_last(be, x)
+    """GroupNorm/InstanceNorm take the channels-last kernels for float32/float64 x, and on the
+    GPU for float16 x; on the CPU float16 and bfloat16 x (read natively by row_norm only) are
+    copied to NCHW, as any other strided x."""
+    return (dtype not in check.HALF_DTYPES or be.name != "cpu") and is_channels_last(be, x)
 
 
 @accepts_half("weight", "bias")
@@ -375,10 +376,8 @@ def _backward(dy, saved, family):
         zeros = lambda: be.full(saved.param_shape, 0.0, param_dtype)
         return (be.empty(saved.shape, saved.dtype),
                 zeros() if saved.has_weight else None, zeros() if saved.has_bias else None)
-    if saved.dtype in check.HALF_DTYPES:
-        dy = be.cast(dy, saved.x.dtype)  # float32 where the forward computed on a float32 copy
     if saved.channels_last:
-        dy = np.moveaxis(dy, 1, -1)  # a view of a channels-last dy, else copied below
+        dy = be.moveaxis(dy, 1, -1)  # a view of a channels-last dy, else copied below
     dy_view = be.contiguous(dy).reshape(saved.x.shape)
     if family == "channel" and saved.mask is not None:
         sums = be.channel_norm.backward_sums(saved.x, dy_view, saved.mean)
@@ -402,7 +401,7 @@ def _backward(dy, saved, family):
                                                   saved.channels_per_group, saved.spatial)
     dw = _param_grad(be, dweight, param_dtype, saved.param_shape) if saved.has_weight else None
     db = _param_grad(be, dbias, param_dtype, saved.param_shape) if saved.has_bias else None
-    dx = from_channels_last(dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
+    dx = from_channels_last(be, dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
     return be.cast(dx, saved.dtype), dw, db
 
 
