@@ -57,14 +57,21 @@ def plan(R, M):
 
 
 @cuda.jit(device=True)
-def _column(j, base, Cg, S, C, channels_last):
-    """(column of x's 2-D view, channel) of element j of a row whose group starts at channel
-    base (see the module docstring)."""
+def _column(j, base, Cg, C, channels_last):
+    """The column of x's 2-D view holding element j of a row whose group starts at channel base
+    (see the module docstring); j itself for the (N*G, Cg*S) rows."""
     if channels_last:
         s = j // Cg
-        c = j - s * Cg
-        return s * C + base + c, base + c
-    return j, base + j // S
+        return s * C + base + (j - s * Cg)
+    return j
+
+
+@cuda.jit(device=True)
+def _channel(j, base, Cg, S, channels_last):
+    """The channel (weight/bias entry) of element j of a row whose group starts at base."""
+    if channels_last:
+        return base + j % Cg
+    return base + j // S
 
 
 @cuda.jit
@@ -84,8 +91,7 @@ def _forward(x, weight, bias, G, Cg, S, eps, cached, channels_last, y, mean, rst
         a1 = 0.0
         a2 = 0.0
         for j in range(tid, M, T):
-            col, ch = _column(j, base, Cg, S, C, channels_last)
-            v = float64(x[xr, col])
+            v = float64(x[xr, _column(j, base, Cg, C, channels_last)])
             if cached:
                 sh[row + j] = v
             d = v - shift
@@ -100,7 +106,8 @@ def _forward(x, weight, bias, G, Cg, S, eps, cached, channels_last, y, mean, rst
             rstd[r] = rs
         # pass 2: normalize and apply the affine (x from shared memory when cached)
         for j in range(tid, M, T):
-            col, ch = _column(j, base, Cg, S, C, channels_last)
+            col = _column(j, base, Cg, C, channels_last)
+            ch = _channel(j, base, Cg, S, channels_last)
             v = sh[row + j] if cached else float64(x[xr, col])
             y[xr, col] = (v - m) * (rs * weight[ch]) + bias[ch]
 
@@ -146,8 +153,8 @@ def _backward_dx(x, dy, mean, rstd, weight, G, Cg, S, cached, channels_last, dx)
         s1 = 0.0
         s2 = 0.0
         for j in range(tid, M, T):
-            col, ch = _column(j, base, Cg, S, C, channels_last)
-            wg = float64(weight[ch]) * float64(dy[xr, col])
+            col = _column(j, base, Cg, C, channels_last)
+            wg = float64(weight[_channel(j, base, Cg, S, channels_last)]) * float64(dy[xr, col])
             xh = (float64(x[xr, col]) - m) * rs
             if cached:
                 sh[row + j] = wg
@@ -159,12 +166,12 @@ def _backward_dx(x, dy, mean, rstd, weight, G, Cg, S, cached, channels_last, dx)
         f1 = s1 / M
         f2 = s2 / M
         for j in range(tid, M, T):
-            col, ch = _column(j, base, Cg, S, C, channels_last)
+            col = _column(j, base, Cg, C, channels_last)
             if cached:
                 wg = sh[row + j]
                 xh = sh[row + M + j]
             else:
-                wg = float64(weight[ch]) * float64(dy[xr, col])
+                wg = float64(weight[_channel(j, base, Cg, S, channels_last)]) * float64(dy[xr, col])
                 xh = (float64(x[xr, col]) - m) * rs
             dx[xr, col] = rs * (wg - f1 - xh * f2)
 
