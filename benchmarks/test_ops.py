@@ -8,7 +8,8 @@ CPU contenders (group "<op> <direction> <shape>"):
              the native kernels autograd calls (aten::native_*_backward), only the backward timed
   floor      benchmarks/floor.py: streaming kernels over the same bytes
 GPU contenders (group "CUDA <op> <direction> <shape>"), only on a real CUDA GPU:
-  numbanorm-cuda, torch-cuda, copy-d2d (a device-to-device copy moving the floor's bytes)
+  numbanorm-cuda, torch-cuda, copy-d2d (a device-to-device copy moving the floor's bytes);
+  float16 and channels-last cases too (device arrays of the same dtype and memory order)
 
 Every contender's result is checked against a float64 reference before it is timed.
 extra_info carries `bytes` (the floor's traffic, benchmarks/floor.py) so the report shows GB/s.
@@ -309,8 +310,6 @@ def test_gpu(benchmark, gpu_item):
     reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
-    if case.variant:
-        pytest.skip("GPU benchmarks run the float32 NCHW cases only")
     from numba import cuda
 
     d = data_for(case)
@@ -320,7 +319,7 @@ def test_gpu(benchmark, gpu_item):
         reason = _numbanorm_cuda_reason()
         if reason:
             pytest.skip(reason)
-        inner = prepare_numbanorm(case, direction, *(cuda.to_device(a) for a in args))
+        inner = prepare_numbanorm(case, direction, *(_to_device(a) for a in args))
         fn = lambda: (inner(), cuda.synchronize())[0]
     elif contender == "torch-cuda":
         if torch is None or not torch.cuda.is_available():
@@ -333,8 +332,20 @@ def test_gpu(benchmark, gpu_item):
         fn = lambda: (dst.copy_to_device(src), cuda.synchronize())
     if contender != "copy-d2d":
         check(f"{contender} {case.group(direction, 'cuda')}", _result_of(direction, fn()),
-              _expected(d, direction))
+              _expected(d, direction), RTOL_HALF if d.x.dtype == np.float16 else RTOL)
     benchmark.group = case.group(direction, "cuda")
     info(benchmark, op=case.op, direction=direction, shape=list(case.shape), contender=contender,
-         device="cuda", dtype="float32", bytes=nbytes)
+         device="cuda", dtype=str(d.x.dtype), layout=case.variant or "C", bytes=nbytes)
     benchmark(fn)
+
+
+def _to_device(a):
+    """A host array copied to the device in its memory order: C, or channels-last (a moved
+    view of its (N, *spatial, C) copy; numba's to_device takes dense C or F arrays only)."""
+    from numba import cuda
+
+    if a.flags.c_contiguous:
+        return cuda.to_device(a)
+    import numbanorm.cuda as ncuda
+
+    return ncuda.moveaxis(cuda.to_device(np.ascontiguousarray(np.moveaxis(a, 1, -1))), -1, 1)
