@@ -21,7 +21,6 @@ import numpy as np
 
 from .. import _backend
 from .. import _validate as check
-
 from .._validate import param_dtype  # noqa: F401  (functional.norm's import)
 
 HALF = check.HALF
