@@ -97,7 +97,7 @@ ROW_NORMS = {  # name: (forward(x, w, b), backward, reference forward, reference
 }
 
 
-@pytest.mark.parametrize("shape", [(4, 6, 7), (3, 4, 5, 6), (2, 4, 3, 4, 5), (2, 6, 3, 3)])
+@pytest.mark.parametrize("shape", [(4, 6, 7), (3, 4, 5, 6), (2, 4, 3, 4, 5), (2, 6, 3, 3), (16, 8, 15, 19)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("op", sorted(ROW_NORMS))
 def test_row_norms_channels_last(shape, dtype, op):
@@ -113,11 +113,9 @@ def test_row_norms_channels_last(shape, dtype, op):
     y, saved = forward(x, w, b)
     dx, dw, db = backward(dy, saved)
     assert y.dtype == dx.dtype == dtype and dw.dtype == db.dtype == pdtype
-    if dtype != np.float16:  # no layout copy: the kernels read x's own memory
-        assert saved.channels_last and is_channels_last(y) and is_channels_last(dx)
-        assert np.shares_memory(saved.x, x)
-    else:  # float16 is read natively by row_norm only: copied to NCHW
-        assert not saved.channels_last
+    # no layout copy (float16 included): the kernels read x's own memory
+    assert saved.channels_last and is_channels_last(y) and is_channels_last(dx)
+    assert np.shares_memory(saved.x, x)
     # the float64 reference (float16: to float16 rounding)
     x64, dy64, w64, b64 = (a.astype(np.float64) for a in (x, dy, w, b))
     tol = {np.float16: 2e-3, np.float32: 2e-5, np.float64: 1e-10}[dtype]
@@ -163,15 +161,17 @@ def test_row_norms_channels_last_finite_differences(op):
         np.testing.assert_allclose(grads[k], num, rtol=1e-5, atol=1e-7, err_msg=f"gradient {k}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("op", sorted(ROW_NORMS))
-def test_row_norms_channels_last_thread_count(op):
+def test_row_norms_channels_last_thread_count(op, dtype):
     """Bitwise the same y, dx, dweight, dbias for 1 thread and for all, and run to run
-    (a shape large enough for the parallel kernels)."""
+    (a shape large enough for the parallel kernels, S = 13 * 11 not a multiple of the row
+    blocks)."""
     forward, backward = ROW_NORMS[op][:2]
     rng = np.random.default_rng(6)
-    shape = (8, 16, 12, 12)
-    x = channels_last((3 + rng.standard_normal(shape)).astype(np.float32))
-    dy = channels_last(rng.standard_normal(shape).astype(np.float32))
+    shape = (16, 16, 13, 11)  # 36608 elements: above SERIAL_BELOW
+    x = channels_last((3 + rng.standard_normal(shape)).astype(dtype))
+    dy = channels_last(rng.standard_normal(shape).astype(dtype))
     w, b = (1 + rng.random(16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
     original = numba.get_num_threads()
     results = []

@@ -226,13 +226,6 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, chan
     return y2.reshape(shape), saved
 
 
-def _row_channels_last(be, x, dtype):
-    """GroupNorm/InstanceNorm take the channels-last kernels for float32/float64 x, and on the
-    GPU for float16 x; on the CPU float16 and bfloat16 x (read natively by row_norm only) are
-    copied to NCHW, as any other strided x."""
-    return (dtype not in check.HALF_DTYPES or be.name != "cpu") and is_channels_last(be, x)
-
-
 @accepts_half("weight", "bias")
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
@@ -308,7 +301,7 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
     return _row_forward(be, x, dtype, weight, bias, eps, N, G, C // G, S, (C,),
-                        _row_channels_last(be, x, dtype))
+                        is_channels_last(be, x))
 
 
 def group_norm_backward(dy: Array, saved: Saved) -> Grads:
@@ -347,7 +340,7 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
     if N * C * S == 0:
         return _empty_result(be, x, "row", dtype, weight, bias, (C,))
     y, saved = _row_forward(be, x, dtype, weight, bias, eps, N, C, 1, S, (C,),
-                            _row_channels_last(be, x, dtype))
+                            is_channels_last(be, x))
     if running_mean is not None:
         be.row_norm.instance_running_update(saved.mean, saved.rstd, eps, N, C, S,
                                             running_mean, running_var, momentum)
