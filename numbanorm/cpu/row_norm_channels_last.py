@@ -17,8 +17,10 @@ any thread count.
   Pass 2 (elementwise) takes 4 rows (forward) or 2 rows (backward) at a time, each column's
   coefficients loaded once per block; as in row_norm it runs in the work type on (x - m_x),
   m_x the group mean rounded to it, the rounding folded into the offset.
-Both passes prefetch their blocks' lines in address order (cpu/_prefetch): from memory the
-row blocks alone ran 1.3-1.5x slower than NCHW row_norm's sequential rows.
+Pass 1 prefetches its blocks' lines in address order (cpu/_prefetch): from memory the row
+blocks alone ran 1.3-1.5x slower than NCHW row_norm's sequential rows. Pass 2 reads the sample
+back from cache and prefetches only the lines it writes (for writing): prefetching its reads
+as well cost more instructions than it saved (cold and warm, 1 thread).
 """
 import numpy as np
 from numba import njit, prange
@@ -28,7 +30,7 @@ from ._prefetch import ahead, ahead_write
 from ._parallel import FASTMATH, serial
 from .half import bits, load, store, work, work_empty
 
-SUM_ROWS = 8  # rows per register block of the column sums
+SUM_ROWS = 4  # rows per register block of the column sums (4 ran faster than 8 or 16)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -97,9 +99,8 @@ def _grad_column_sums(xs, gs, center, sg, sgx):
 def _affine(xs, ys, center, scale, offset):
     """ys[r, c] = (xs[r, c] - center[c]) * scale[c] + offset[c]; coefficients (C,), work type."""
     S, C = xs.shape
-    xf, yf = xs.reshape(S * C), ys.reshape(S * C)
+    yf = ys.reshape(S * C)
     for q in range(S // 4):
-        ahead(xf, 4 * q * C, 4 * (q + 1) * C)
         ahead_write(yf, 4 * q * C, 4 * (q + 1) * C)
         # one (4, C) block, not four row views: LLVM then checks 2 pointers for overlap and
         # vectorises, and each column's coefficients are loaded once per block
@@ -119,10 +120,8 @@ def _input_grad(xs, gs, dxs, center, a, b, d):
     """dxs[r, c] = a[c] * gs[r, c] + b[c] * (xs[r, c] - center[c]) + d[c]; coefficients (C,),
     work type."""
     S, C = xs.shape
-    xf, gf, df = xs.reshape(S * C), gs.reshape(S * C), dxs.reshape(S * C)
+    df = dxs.reshape(S * C)
     for q in range(S // 2):  # (2, C) blocks: with three streams 4 rows ran 1.3x slower
-        ahead(xf, 2 * q * C, 2 * (q + 1) * C)
-        ahead(gf, 2 * q * C, 2 * (q + 1) * C)
         ahead_write(df, 2 * q * C, 2 * (q + 1) * C)
         xb, gb, db = xs[2 * q:2 * q + 2], gs[2 * q:2 * q + 2], dxs[2 * q:2 * q + 2]
         for c in range(C):
