@@ -50,7 +50,8 @@ def test_batch_norm_large(shape):
 
 @pytest.mark.parametrize("shape,normalized", [((3000, 37), (37,)), ((4, 20000), (20000,)),
                                               ((7, 3, 130, 130), (130, 130)), ((2, 9001), (9001,)),
-                                              ((513, 3, 33), (3, 33))], ids=str)
+                                              ((513, 3, 33), (3, 33)),
+                                              ((130, 2100), (2100,))], ids=str)
 def test_layer_norm_large(shape, normalized):
     x = rng.standard_normal(shape) * 2 + 3
     dy = rng.standard_normal(shape)
@@ -114,3 +115,32 @@ def test_float32_large_shapes(op):
         got = F.instance_norm_backward(dy, s)[0]
     close(y, want_y, 2e-5)
     close(got, want[0], 2e-4)
+
+
+def test_layer_norm_paired_rows_float32_large_mean_deterministic():
+    """The LayerNorm backward's paired-row path (rows of >= 2048 elements, an odd row left in
+    some tasks): float32 data of mean 1e4 against the float64 reference, and bitwise the same
+    results for 1 and 2 threads."""
+    import numba
+
+    shape = (130, 2100)
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            y, saved = F.layer_norm(x, shape[1:], w, b)
+            results.append((y, *F.layer_norm_backward(dy, saved)))
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a, c)
+    xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
+    y, dx, dw, db = results[0]
+    close(y, ref.layer_norm(xd, shape[1:], wd, b.astype(np.float64)), 2e-6)
+    for got, want in zip((dx, dw, db), ref.layer_norm_backward(dyd, xd, shape[1:], wd)):
+        close(got, want, 2e-6)
