@@ -24,7 +24,8 @@ def data(shape, C_axis=1):
     return x, dy, rng.standard_normal(C), rng.standard_normal(C)
 
 
-CHANNEL_SHAPES = [(2, 3, 130, 130), (3000, 37), (64, 513), (5, 300, 7, 11), (1, 2, 40000), (3, 1, 17, 1000)]
+CHANNEL_SHAPES = [(2, 3, 130, 130), (3000, 37), (64, 513), (5, 300, 7, 11), (1, 2, 40000), (3, 1, 17, 1000),
+                  (37, 6, 9, 11)]  # the last: whole samples per task in the sums
 
 
 @pytest.mark.parametrize("shape", CHANNEL_SHAPES, ids=str)
@@ -143,4 +144,33 @@ def test_layer_norm_paired_rows_float32_large_mean_deterministic():
     y, dx, dw, db = results[0]
     close(y, ref.layer_norm(xd, shape[1:], wd, b.astype(np.float64)), 2e-6)
     for got, want in zip((dx, dw, db), ref.layer_norm_backward(dyd, xd, shape[1:], wd)):
+        close(got, want, 2e-6)
+
+
+def test_batch_norm_whole_sample_tasks_float32_large_mean_deterministic():
+    """BatchNorm sums over tasks of whole samples (C * S small: here 16 x 196, 5 samples per
+    task, the last task short): float32 data of mean 1e4 against the float64 reference, and
+    bitwise the same results for 1 and 2 threads."""
+    import numba
+
+    shape = (71, 16, 14, 14)
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            y, saved = F.batch_norm(x, w, b)
+            results.append((y, *F.batch_norm_backward(dy, saved)))
+    finally:
+        numba.set_num_threads(original)
+    for a, c in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a, c)
+    xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
+    y, dx, dw, db = results[0]
+    close(y, ref.batch_norm(xd, wd, b.astype(np.float64))[0], 2e-6)
+    for got, want in zip((dx, dw, db), ref.batch_norm_backward(dyd, xd, wd)):
         close(got, want, 2e-6)
