@@ -10,10 +10,12 @@ The affine weight/bias have G * Cg entries; element (r, c * S + s) uses entry g 
 x, dy, y and dx are float32, float64 or float16 (uint16 bits in the kernels, read and written
 through numbanorm.cpu.half's load/store; elementwise math in float32); weight/bias are float32
 for float16 data, else x's dtype; statistics and parameter gradients are float64 sums (for
-16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums).
+16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums). The S == 1
+backward adds its per-element dweight/dbias terms over blocks of up to ROW_BLOCK rows in the
+work type first, and sums rows of >= PAIR_ROWS_FROM elements in work-type blocks of SUM_BLOCK.
 
 Each task owns whole rows (a shape-determined number of them) and makes both passes over a
-row back to back, so the second pass reads the row from cache, not memory.
+row (or a pair of rows) back to back, so the second pass reads the row from cache, not memory.
 """
 import numpy as np
 from numba import njit, prange
