@@ -28,6 +28,7 @@ from .._validate import BFLOAT16
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 BITS = np.dtype(np.uint16)  # how a float16 array reaches a kernel
 BF16_BITS = np.dtype(np.int16)  # how a bfloat16 (ml_dtypes) array reaches a kernel
 SUM_BLOCK = 256  # elements per float32 partial sum of 16-bit data (shifted_sums, dy_sums)
@@ -73,7 +74,10 @@ def _float_to_bfloat(typingctx, v):
 def bits(a):
     """The array a kernel takes for a: the uint16 view of a float16 array, the int16 view of a
     bfloat16 one, else a itself."""
-    if a.dtype == np.float16:
+    dtype = a.dtype
+    if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case, without dtype comparisons
+        return a
+    if dtype == np.float16:
         return a.view(BITS)
     return a.view(BF16_BITS) if BFLOAT16 is not None and a.dtype == BFLOAT16 else a
 

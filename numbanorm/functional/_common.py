@@ -53,7 +53,9 @@ class Saved:
     `shape` and `dtype`, plus op-specific fields given by keyword (arrays stay on the backend).
 
     The norm ops' fields are slots (set in __init__, cheap for the small calls); any other
-    keyword becomes an ordinary attribute (conv, pool, loss, ... keep what they need).
+    keyword becomes an ordinary attribute (conv, pool, loss, ... keep what they need). The norm
+    ops pass the slot fields positionally, in __init__'s order: binding 17 keywords cost them
+    ~0.3 us per call.
     """
 
     __slots__ = ("op", "backend", "family", "shape", "dtype", "x", "mean", "rstd", "weight",
@@ -61,7 +63,7 @@ class Saved:
                  "channels_per_group", "spatial", "channels_last", "mask", "count", "param_dtype",
                  "fingerprints", "__dict__")
 
-    def __init__(self, op, backend=None, shape=None, dtype=None, *, family=None, x=None,
+    def __init__(self, op, backend=None, shape=None, dtype=None, family=None, x=None,
                  mean=None, rstd=None, weight=None, has_weight=False, has_bias=False,
                  training=False, param_shape=None, groups=None, channels_per_group=None,
                  spatial=None, channels_last=False, mask=None, count=None, **fields):
@@ -108,6 +110,9 @@ def check_saved(saved, *ops):
 
 def grad_output(dy, saved):
     """dy as the forward's backend computes on it, checked against the forward's output."""
+    if type(dy) is np.ndarray and saved.backend.name == "cpu":  # the common case, without select
+        check.grad_output(dy, saved.shape, saved.dtype)
+        return dy
     be_dy, a = _backend.select(dy=dy)
     if be_dy is not saved.backend:
         raise ValueError(f"dy is on {be_dy.name} but the forward ran on {saved.backend.name}")

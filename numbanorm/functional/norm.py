@@ -50,14 +50,13 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
     with the arrays as the backend computes on them and S = prod(spatial). dtypes: x's accepted
     dtypes (the message's list); float16 x comes with float32 parameters (see _formats.accepts_half).
     """
-    if (type(x) is np.ndarray and x.dtype in dtypes and x.ndim >= min_ndim
-            and _common_params(x, weight, bias, running_mean, running_var)
+    if (_common_case(x, min_ndim, eps, (weight, bias, running_mean, running_var))
             and (running_mean is None) == (running_var is None)
-            and type(eps) is float and eps > 0 and type(momentum) is float and 0 <= momentum <= 1):
+            and type(momentum) is float and 0 <= momentum <= 1):
         # the common case, every check below passes: the same result without the calls
-        shape = x.shape
+        N, C = x.shape[0], x.shape[1]
         return (_backend.get("cpu"), x, weight, bias, running_mean, running_var, x.dtype,
-                shape[0], shape[1], prod(shape[2:]), eps, momentum)
+                N, C, x.size // (N * C), eps, momentum)
     be, a = _backend.select(x=x, weight=weight, bias=bias,
                             running_mean=running_mean, running_var=running_var)
     x, weight, bias, running_mean, running_var = a.values()
@@ -75,17 +74,21 @@ def channel_inputs(x: Array, weight: Array | None, bias: Array | None, running_m
             N, C, prod(x.shape[2:]), check.eps(eps), check.momentum(momentum))
 
 
-def _common_params(x, *params):
-    """Whether each of params is None or a NumPy (C,) array of x's dtype, C = x.shape[1]
-    (the dtype object itself: `is`, cheaper than ==; an equal copy takes the generic path)."""
-    shape, dtype = x.shape[1:2], x.dtype
+def _common_case(x, min_ndim, eps, params):
+    """Whether x and eps pass every check of the ops' general path, and x is the simple kind:
+    a C-contiguous, non-empty float32/float64 NumPy array of at least min_ndim dims, each of
+    params None or a NumPy (C,) array of x's dtype (C = x.shape[1]; the dtype object itself:
+    `is`, cheaper than ==; an equal copy takes the general path), eps a positive float."""
+    if not (type(x) is np.ndarray and x.dtype in check.FLOAT_DTYPES and x.ndim >= min_ndim
+            and x.size > 0 and x.flags.c_contiguous and type(eps) is float and eps > 0):
+        return False
+    dtype, shape = x.dtype, x.shape[1:2]
     for p in params:
         if p is not None and not (type(p) is np.ndarray and p.dtype is dtype and p.shape == shape):
             return False
     return True
 
 
-@accepts_half("weight", "bias", running=("running_mean", "running_var"))
 def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                running_mean: Array | None = None, running_var: Array | None = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -106,6 +109,27 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     On the GPU a training mask costs host copies on the op's stream (the mask, to check the count
     before anything changes, and the statistics for the running update): it waits for the stream.
     """
+    if (mask is None and _common_case(x, 2, eps, (weight, bias, running_mean, running_var))
+            and (running_mean is None) == (running_var is None)
+            and type(momentum) is float and 0 <= momentum <= 1
+            and (training is True and x.size > x.shape[1]
+                 or training is False and running_mean is not None)):
+        # the common case, every check of _batch_norm passes: the same result in fewer steps
+        shape = x.shape
+        N, C = shape[0], shape[1]
+        x3 = x.reshape(N, C, x.size // (N * C))
+        be = _backend.get("cpu")
+        y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
+                                                 running_mean, running_var, momentum)
+        saved = Saved("channel", be, shape, x.dtype, "channel", x3, mean, rstd, weight,
+                      weight is not None, bias is not None, training, (C,))
+        return y3.reshape(shape), saved
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, mask)
+
+
+@accepts_half("weight", "bias", running=("running_mean", "running_var"))
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, mask):
+    """batch_norm's general path: any backend, dtype, memory order, mask; every check."""
     (be, x, weight, bias, running_mean, running_var, dtype, N, C, S, eps,
      momentum) = channel_inputs(x, weight, bias, running_mean, running_var, eps, momentum, 2,
                                  check.NORM_DTYPES)
@@ -132,9 +156,8 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
         x3 = be.contiguous(x).reshape(N, C, S)
     y3, mean, rstd = be.channel_norm.forward(x3, weight, bias, eps, training,
                                              running_mean, running_var, momentum)
-    saved = Saved("channel", be, shape, dtype, family="channel", x=x3, mean=mean, rstd=rstd,
-                  weight=weight, has_weight=weight is not None, has_bias=bias is not None,
-                  param_shape=(C,), training=training, channels_last=channels_last)
+    saved = Saved("channel", be, shape, dtype, "channel", x3, mean, rstd, weight,
+                  weight is not None, bias is not None, training, (C,), channels_last=channels_last)
     if channels_last:
         return from_channels_last(be, y3, shape), saved
     return y3.reshape(shape), saved
@@ -217,16 +240,13 @@ def _row_forward(be, x, dtype, weight, bias, eps, N, G, Cg, S, param_shape, chan
         x2 = be.contiguous(x).reshape(N * G, Cg * S)
         y2, mean, rstd = be.row_norm.forward(x2, w, b, G, Cg, S, eps)
     shape = tuple(x.shape)
-    saved = Saved("row", be, shape, dtype, family="row", x=x2, mean=mean, rstd=rstd, weight=w,
-                  has_weight=weight is not None, has_bias=bias is not None,
-                  param_shape=param_shape, training=True, groups=G, channels_per_group=Cg,
-                  spatial=S, channels_last=channels_last)
+    saved = Saved("row", be, shape, dtype, "row", x2, mean, rstd, w, weight is not None,
+                  bias is not None, True, param_shape, G, Cg, S, channels_last)
     if channels_last:
         return from_channels_last(be, y2, shape), saved
     return y2.reshape(shape), saved
 
 
-@accepts_half("weight", "bias")
 def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array | None = None,
                bias: Array | None = None, eps: float = 1e-5) -> tuple[Array, Saved]:
     """LayerNorm over the trailing `normalized_shape` dims of x; weight/bias have that shape."""
@@ -238,6 +258,12 @@ def layer_norm(x: Array, normalized_shape: int | tuple[int, ...], weight: Array 
         M = normalized_shape[0]
         return _row_forward(_backend.get("cpu"), x, x.dtype, weight, bias, eps, x.size // M, 1,
                             M, 1, normalized_shape)
+    return _layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+@accepts_half("weight", "bias")
+def _layer_norm(x, normalized_shape, weight, bias, eps):
+    """layer_norm's general path: any backend, dtype and shape; every check."""
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
@@ -283,11 +309,22 @@ def layer_norm_backward(dy: Array, saved: Saved) -> Grads:
     return _backward(dy, saved, "row")
 
 
-@accepts_half("weight", "bias")
 def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
                eps: float = 1e-5) -> tuple[Array, Saved]:
     """GroupNorm: x of shape (N, C, *spatial), statistics per (sample, group of C/num_groups
     channels); weight/bias are per channel, shape (C,)."""
+    if (_common_case(x, 2, eps, (weight, bias)) and type(num_groups) is int and num_groups > 0
+            and x.shape[1] % num_groups == 0):
+        # the common case, every check of _group_norm passes: the same result in fewer steps
+        N, C = x.shape[0], x.shape[1]
+        return _row_forward(_backend.get("cpu"), x, x.dtype, weight, bias, eps, N, num_groups,
+                            C // num_groups, x.size // (N * C), (C,))
+    return _group_norm(x, num_groups, weight, bias, eps)
+
+
+@accepts_half("weight", "bias")
+def _group_norm(x, num_groups, weight, bias, eps):
+    """group_norm's general path: any backend, dtype and memory order; every check."""
     be, a = _backend.select(x=x, weight=weight, bias=bias)
     x, weight, bias = a.values()
     dtype = check.float_array("x", x, check.NORM_DTYPES)
@@ -392,13 +429,21 @@ def _backward(dy, saved, family):
         dx, dweight, dbias = be.row_norm.backward(saved.x, dy_view, saved.mean, saved.rstd,
                                                   saved.weight, saved.groups,
                                                   saved.channels_per_group, saved.spatial)
-    dw = _param_grad(be, dweight, param_dtype, saved.param_shape) if saved.has_weight else None
-    db = _param_grad(be, dbias, param_dtype, saved.param_shape) if saved.has_bias else None
+    shape = saved.param_shape
+    if not saved.has_weight:
+        dweight = None
+    elif dweight.dtype is not param_dtype or dweight.shape != shape:
+        dweight = _param_grad(be, dweight, param_dtype, shape)
+    if not saved.has_bias:
+        dbias = None
+    elif dbias.dtype is not param_dtype or dbias.shape != shape:
+        dbias = _param_grad(be, dbias, param_dtype, shape)
     dx = from_channels_last(be, dx, saved.shape) if saved.channels_last else dx.reshape(saved.shape)
-    return be.cast(dx, saved.dtype), dw, db
+    return (dx if dx.dtype is saved.dtype else be.cast(dx, saved.dtype)), dweight, dbias
 
 
 def _param_grad(be, grad, dtype, shape):
-    """A kernel's (C,) parameter gradient as the parameter's dtype and shape."""
+    """A kernel's (C,) parameter gradient as the parameter's dtype and shape (the checks
+    before its calls use `is`: an equal dtype object also comes here, and cast keeps it)."""
     grad = be.cast(grad, dtype)
     return grad if grad.shape == shape else grad.reshape(shape)

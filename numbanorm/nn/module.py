@@ -88,6 +88,8 @@ class Module:
             return
         if param.grad is None:
             param.grad = grad
+        elif type(param.grad) is np.ndarray:  # cpu's add_, without the backend lookup
+            np.add(param.grad, grad, param.grad)
         else:
             _backend.get(self.device).add_(param.grad, grad)
 

@@ -28,13 +28,16 @@ class _Norm(OpModule):
     def _backward(self, functional_backward, dy):
         """dx of functional_backward(dy, saved) -> (dx, dweight, dbias); consumes the saved
         state and accumulates weight.grad / bias.grad only when it succeeds."""
-        saved = self._pending()
+        saved = self._saved
+        if saved is None:
+            self._pending()  # its ValueError
         weight, bias = self.weight, self.bias
         # a frozen parameter's gradient is neither returned nor, where avoidable, computed
-        saved.has_weight = saved.has_weight and wants_grad(weight)
-        saved.has_bias = saved.has_bias and wants_grad(bias)
+        # (wants_grad, inline: this runs on every call)
+        saved.has_weight = saved.has_weight and weight is not None and weight.requires_grad
+        saved.has_bias = saved.has_bias and bias is not None and bias.requires_grad
         dx, dweight, dbias = functional_backward(dy, saved)
-        self._release()
+        object.__setattr__(self, "_saved", None)  # released (OpModule._release, inline)
         if dweight is not None:
             self._accumulate_grad(weight, dweight)
         if dbias is not None:
@@ -79,7 +82,7 @@ class _NormBase(_Norm):
 
     def _check_input(self, x):
         _Norm._check_input(self, x)
-        if int(x.shape[1]) != self.num_features:
+        if x.shape[1] != self.num_features and int(x.shape[1]) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expected {self.num_features} channels "
                 f"(x.shape[1]), got {int(x.shape[1])}"
