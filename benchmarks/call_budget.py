@@ -6,9 +6,9 @@ For each small shape (benchmarks/cases.py SMALL), forward and backward, through 
 API and through the nn layer, it measures (best of several timeit repeats, one process):
   total       one call, nothing instrumented
   validation  time inside the argument checks: numbanorm._validate's functions, _backend.select,
-              the backward's check of saved / dy, and the parameter tests of functional.norm's
-              common-case predicates (_common_params, _row_params; the predicates' tests of x
-              and eps are inline and count as dispatch)
+              the backward's check of saved / dy, and functional.norm's common-case
+              predicates (_common_case, _row_params; the tests written inline in the ops' `if`,
+              e.g. momentum's and LayerNorm's x's, count as dispatch)
   numba call  Numba's own cost of entering the compiled code: a no-op jitted function called
               with the same arguments as each compiled entry the op calls
   kernel      time inside the compiled entries (their host-side calls), less the numba call
@@ -58,7 +58,7 @@ class Instrument:
                     self._patches.append((mod, name, "validation"))
         # grad_output's own checks are the wrapped select and _validate.grad_output
         self._patches += [(_backend, "select", "validation"), (norm, "check_saved", "validation"),
-                          (norm, "_common_params", "validation"), (norm, "_row_params", "validation")]
+                          (norm, "_common_case", "validation"), (norm, "_row_params", "validation")]
         for mod in (row_norm, channel_norm):
             for name, fn in list(vars(mod).items()):
                 if isinstance(fn, numba.core.registry.CPUDispatcher):

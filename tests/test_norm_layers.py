@@ -67,6 +67,36 @@ def test_layer_matches_pytorch_over_train_and_eval_steps(ours, torch_name, kwarg
         np.testing.assert_allclose(ours_state[k], theirs[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_norm_layer_gradients_accumulate_as_np_add(dtype):
+    """A norm layer adds dweight and dbias into .grad in one compiled call (cpu.add_pair_) for
+    float32/float64 parameters, np.add otherwise: the same sums as np.add either way."""
+    layer = nn.GroupNorm(2, 4, dtype=dtype)
+    x, dys = rand((3, 4, 5), dtype), [rand((3, 4, 5), dtype) for _ in range(3)]
+    _, saved = F.group_norm(x, 2, layer.weight.data, layer.bias.data)
+    expect_w, expect_b = None, None
+    for dy in dys:
+        layer(x)
+        layer.backward(dy)
+        _, dw, db = F.group_norm_backward(dy, saved)
+        expect_w = dw.copy() if expect_w is None else np.add(expect_w, dw)
+        expect_b = db.copy() if expect_b is None else np.add(expect_b, db)
+    assert layer.weight.grad.dtype == dtype
+    np.testing.assert_array_equal(layer.weight.grad, expect_w)
+    np.testing.assert_array_equal(layer.bias.grad, expect_b)
+
+
+def test_add_pair_checks_shapes_as_np_add():
+    from numbanorm import cpu
+
+    dst, dst2 = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    cpu.add_pair_(dst, np.ones(4, np.float32), dst2, np.full(4, 2.0, np.float32))
+    np.testing.assert_array_equal(dst, 1.0)
+    np.testing.assert_array_equal(dst2, 2.0)
+    with pytest.raises(ValueError):  # np.add's error, not a silent out-of-bounds sum
+        cpu.add_pair_(dst, np.ones(3, np.float32), dst2, np.ones(4, np.float32))
+
+
 def test_pytorch_state_dict_loads_unchanged():
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
     ref = torch.nn.BatchNorm2d(3)

@@ -13,6 +13,8 @@ from . import (channel_norm, conv, elementwise, half, linear, loss, masked_chann
 __all__ = ["name", "channel_norm", "masked_channel_norm", "row_norm", "conv", "linear", "pad", "pool", "elementwise",
            "loss", "optim", "wrap", "contiguous", "is_contiguous", "empty", "full", "cast", "copy_", "add_",
            "from_host", "to_host", "row_norm_channels_last", "moveaxis"]
+# CPU only: a norm layer's two gradients accumulated in one call (nn.Module._accumulate_grads)
+__all__.append("add_pair_")
 name = "cpu"
 _HALF = np.dtype(np.float16)
 
@@ -77,3 +79,6 @@ def wrap(a):
 def add_(dst, src):
     """dst += src in place (gradient accumulation)."""
     np.add(dst, src, out=dst)
+
+
+add_pair_ = elementwise.add_pair_

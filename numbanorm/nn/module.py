@@ -88,10 +88,18 @@ class Module:
             return
         if param.grad is None:
             param.grad = grad
-        elif type(param.grad) is np.ndarray:  # cpu's add_, without the backend lookup
-            np.add(param.grad, grad, param.grad)
         else:
             _backend.get(self.device).add_(param.grad, grad)
+
+    def _accumulate_grads(self, weight, dweight, bias, dbias):
+        """_accumulate_grad of weight and bias; on the CPU in one compiled call (cpu.add_pair_)."""
+        gw, gb = weight.grad, bias.grad
+        if (type(gw) is np.ndarray and type(gb) is np.ndarray and weight.requires_grad
+                and bias.requires_grad):
+            _backend.get("cpu").add_pair_(gw, dweight, gb, dbias)
+        else:
+            self._accumulate_grad(weight, dweight)
+            self._accumulate_grad(bias, dbias)
 
     # -- modes ----------------------------------------------------------------------------
     def train(self, mode=True):

@@ -38,9 +38,11 @@ class _Norm(OpModule):
         saved.has_bias = saved.has_bias and bias is not None and bias.requires_grad
         dx, dweight, dbias = functional_backward(dy, saved)
         object.__setattr__(self, "_saved", None)  # released (OpModule._release, inline)
-        if dweight is not None:
+        if dweight is not None and dbias is not None:
+            self._accumulate_grads(weight, dweight, bias, dbias)
+        elif dweight is not None:
             self._accumulate_grad(weight, dweight)
-        if dbias is not None:
+        elif dbias is not None:
             self._accumulate_grad(bias, dbias)
         return dx
 
@@ -81,7 +83,9 @@ class _NormBase(_Norm):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def _check_input(self, x):
-        _Norm._check_input(self, x)
+        ndims = self._input_ndims
+        if type(x) is not np.ndarray or ndims is None or len(x.shape) not in ndims:
+            _Norm._check_input(self, x)  # its errors (the common case passes: tested inline)
         if x.shape[1] != self.num_features and int(x.shape[1]) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expected {self.num_features} channels "
@@ -115,20 +119,19 @@ class _BatchNorm(_NormBase):
         mask: optional bool (N,) or (N, *spatial) selecting the positions the training
         statistics come from (see functional.batch_norm); ignored in eval."""
         self._check_input(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        counting = self.training and self.track_running_stats
-        if counting and self.momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(self.num_batches_tracked + 1)
-        use_batch_stats = self.training or self.running_mean is None
-        pass_running = not self.training or self.track_running_stats
-        weight, bias = self._params()
-        y, saved = F.batch_norm(x, weight, bias,
+        training, momentum, weight, bias = self.training, self.momentum, self.weight, self.bias
+        counting = training and self.track_running_stats
+        if momentum is None:  # counting: cumulative moving average
+            momentum = 1.0 / float(self.num_batches_tracked + 1) if counting else 0.0
+        pass_running = not training or self.track_running_stats
+        y, saved = F.batch_norm(x, None if weight is None else weight.data,
+                                None if bias is None else bias.data,
                                 self.running_mean if pass_running else None,
                                 self.running_var if pass_running else None,
-                                use_batch_stats, momentum, self.eps, mask=mask)
+                                training or self.running_mean is None, momentum, self.eps, mask)
         if counting:  # an empty batch counts too, as in PyTorch
             _count_batch(self)
-        self._keep(saved)
+        object.__setattr__(self, "_saved", saved)  # self._keep(saved), inline
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -312,7 +315,7 @@ class LayerNorm(_Norm):
         y, saved = F.layer_norm(x, self.normalized_shape,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
-        self._keep(saved)
+        object.__setattr__(self, "_saved", saved)  # self._keep(saved), inline
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -348,7 +351,7 @@ class GroupNorm(_Norm):
         y, saved = F.group_norm(x, self.num_groups,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
-        self._keep(saved)
+        object.__setattr__(self, "_saved", saved)  # self._keep(saved), inline
         return y
 
     def backward(self, dy: Array) -> Array:
