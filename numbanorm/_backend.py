@@ -51,7 +51,7 @@ def _cpu():
 def get(device):
     """The backend module for 'cpu' or 'cuda'."""
     if device == "cpu":
-        return _cpu()
+        return _cpu_module or _cpu()
     if device == "cuda":
         from . import cuda_support
 
