@@ -9,7 +9,7 @@ from .. import _backend
 from .. import _validate as check
 from .. import functional as F
 from ..functional._common import Array
-from .module import OpModule, Parameter, float_dtype, wants_grad
+from .module import OpModule, Parameter, float_dtype
 
 
 class _Norm(OpModule):
