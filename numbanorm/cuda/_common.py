@@ -317,29 +317,32 @@ def grid_1d(n, t):
     return max(1, min(cdiv(n, t), config.TARGET_BLOCKS * 4))
 
 
+def size(shape):
+    """The number of elements of an array of this shape, as an int."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def flat(a):
     """A C-contiguous device array as 1-D (a view)."""
-    return a.reshape(int(np.prod(a.shape, dtype=np.int64)))
+    return a.reshape(size(a.shape))
+
+
+def launch_1d(kernel, n, *args):
+    """Launch a grid-stride kernel over n elements with args (nothing when n is 0)."""
+    if n:
+        t = threads()
+        launch(kernel, grid_1d(n, t), t)(*args)
 
 
 def fill(out, value):
-    n = int(np.prod(out.shape, dtype=np.int64))
-    if n:
-        t = threads()
-        launch(_fill, grid_1d(n, t), t)(flat(out), float(value))
+    launch_1d(_fill, size(out.shape), flat(out), float(value))
     return out
 
 
 def copy_cast(src, out):
-    n = int(np.prod(out.shape, dtype=np.int64))
-    if n:
-        t = threads()
-        launch(_copy_cast, grid_1d(n, t), t)(flat(src), flat(out))
+    launch_1d(_copy_cast, size(out.shape), flat(src), flat(out))
     return out
 
 
 def add_(dst, src):
-    n = int(np.prod(dst.shape, dtype=np.int64))
-    if n:
-        t = threads()
-        launch(_add, grid_1d(n, t), t)(flat(dst), flat(src))
+    launch_1d(_add, size(dst.shape), flat(dst), flat(src))

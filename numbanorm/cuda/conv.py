@@ -10,8 +10,8 @@ for dcols and a col2im that gathers (one thread per dx element, fixed order; no 
 from numba import cuda, float64
 
 from .._shapes import conv_dims
-from ._common import (block_sum2, device_array, float_signatures, grid_1d, launch, shared_bytes,
-                      threads)
+from ._common import (block_sum2, device_array, float_signatures, launch, launch_1d, shared_bytes,
+                      size, threads)
 from .gemm import gemm, gemm_dw
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -91,12 +91,6 @@ KERNEL_SIGNATURES["_channel_sum"] = float_signatures(
     "{f}[:, :, ::1], {f}[::1]")
 
 
-def _launch_1d(kernel, n, *args):
-    if n:
-        t = threads()
-        launch(kernel, grid_1d(n, t), t)(*args)
-
-
 def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """-> (y (N, O, OH, OW), kept): kept is what backward needs, here the cols (N, K, P)."""
     N = x.shape[0]
@@ -104,7 +98,7 @@ def forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
     OH, OW = out_hw
     G = groups
     cols = device_array((N, K, P), x.dtype)
-    _launch_1d(_im2col, N * K * P, x, KH, KW, stride[0], stride[1], padding[0], padding[1],
+    launch_1d(_im2col, N * K * P, x, KH, KW, stride[0], stride[1], padding[0], padding[1],
                dilation[0], dilation[1], OH, OW, cols)
     y = device_array((N, O, OH, OW), x.dtype)
     gemm(weight.reshape((G, Og, Kg)), cols.reshape((N * G, Kg, P)), y.reshape((N * G, Og, P)),
@@ -135,9 +129,6 @@ def backward(dy, kept, weight, x_shape, stride, padding, dilation, groups, has_b
         gemm(weight.reshape((G, Og, Kg)), dy.reshape((N * G, Og, P)), dcols.reshape((N * G, Kg, P)),
              ta=True)
         dx = device_array(tuple(x_shape), dy.dtype)
-        n = 1
-        for d in x_shape:
-            n *= int(d)
-        _launch_1d(_col2im, n, dcols, KH, KW, stride[0], stride[1], padding[0], padding[1],
+        launch_1d(_col2im, size(x_shape), dcols, KH, KW, stride[0], stride[1], padding[0], padding[1],
                    dilation[0], dilation[1], OH, OW, dx)
     return dx, dweight, dbias

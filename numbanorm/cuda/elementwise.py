@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import dropout_at, dropout_backward_at, relu_at, relu_backward_at
-from ._common import device_array, flat, float_signatures, grid_1d, launch, threads
+from ._common import device_array, flat, float_signatures, launch_1d, size
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -52,26 +52,20 @@ KERNEL_SIGNATURES["_dropout_backward"] = float_signatures(
 
 
 def _launch(kernel, n, *args):
-    if n:
-        t = threads()
-        with warnings.catch_warnings():  # the simulator runs the hash's uint64 math as NumPy
-            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            launch(kernel, grid_1d(n, t), t)(*args)
-
-
-def _size(a):
-    return int(np.prod(a.shape, dtype=np.int64))
+    with warnings.catch_warnings():  # the simulator runs the hash's uint64 math as NumPy
+        warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+        launch_1d(kernel, n, *args)
 
 
 def relu_forward(x):
     y = device_array(tuple(x.shape), x.dtype)
-    _launch(_relu, _size(x), flat(x), flat(y))
+    _launch(_relu, size(x.shape), flat(x), flat(y))
     return y
 
 
 def relu_backward(dy, y):
     dx = device_array(tuple(dy.shape), dy.dtype)
-    _launch(_relu_backward, _size(dy), flat(dy), flat(y), flat(dx))
+    _launch(_relu_backward, size(dy.shape), flat(dy), flat(y), flat(dx))
     return dx
 
 
@@ -79,11 +73,11 @@ def dropout_forward(x, p, seed):
     """The same mask as the CPU kernel for the same seed (the same counter-based hash)."""
     y = device_array(tuple(x.shape), x.dtype)
     mask = device_array(tuple(x.shape), np.uint8)
-    _launch(_dropout, _size(x), flat(x), p, 1.0 / (1.0 - p), np.uint64(seed), flat(y), flat(mask))
+    _launch(_dropout, size(x.shape), flat(x), p, 1.0 / (1.0 - p), np.uint64(seed), flat(y), flat(mask))
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
     dx = device_array(tuple(dy.shape), dy.dtype)
-    _launch(_dropout_backward, _size(dy), flat(dy), flat(mask), 1.0 / (1.0 - p), flat(dx))
+    _launch(_dropout_backward, size(dy.shape), flat(dy), flat(mask), 1.0 / (1.0 - p), flat(dx))
     return dx

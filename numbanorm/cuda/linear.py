@@ -2,7 +2,7 @@
 y (M, F_out) = x @ weight.T + bias, with the tiled gemm of cuda/gemm.py."""
 from numba import cuda
 
-from ._common import device_array, float_signatures, grid_1d, launch, threads
+from ._common import device_array, float_signatures, launch_1d
 from .gemm import gemm
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -40,8 +40,7 @@ def backward(dy, x, weight, need_dx, need_params):
         dweight = device_array((Fo, Fi), dy.dtype)
         gemm(dy.reshape((1, M, Fo)), x.reshape((1, M, Fi)), dweight.reshape((1, Fo, Fi)), ta=True)
         dbias = device_array(Fo, dy.dtype)
-        t = threads()
-        launch(_column_sum, grid_1d(Fo, t), t)(dy, dbias)
+        launch_1d(_column_sum, Fo, dy, dbias)
     if need_dx:
         dx = device_array((M, Fi), dy.dtype)
         gemm(dy.reshape((1, M, Fo)), weight.reshape((1, Fo, Fi)), dx.reshape((1, M, Fi)))

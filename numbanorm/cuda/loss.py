@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._pointwise import cross_entropy_backward_at, cross_entropy_row
-from ._common import device_array, float_signatures, grid_1d, launch, threads, to_host
+from ._common import device_array, float_signatures, launch_1d, size, to_host
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -39,16 +39,11 @@ def forward(logits, labels, ignore_index, smoothing):
     probs = device_array((M, K), logits.dtype)
     losses = device_array(M, np.float64)
     status = device_array(M, np.uint8)
-    if M:
-        t = threads()
-        launch(_forward, grid_1d(M, t), t)(logits, labels, ignore_index, smoothing, probs, losses, status)
+    launch_1d(_forward, M, logits, labels, ignore_index, smoothing, probs, losses, status)
     return to_host(losses), to_host(status), probs
 
 
 def backward(probs, labels, ignore_index, smoothing, row_scale):
     dlogits = device_array(tuple(probs.shape), probs.dtype)
-    n = int(probs.shape[0]) * int(probs.shape[1])
-    if n:
-        t = threads()
-        launch(_backward, grid_1d(n, t), t)(probs, labels, ignore_index, smoothing, row_scale, dlogits)
+    launch_1d(_backward, size(probs.shape), probs, labels, ignore_index, smoothing, row_scale, dlogits)
     return dlogits

@@ -1,10 +1,9 @@
 """GPU kernels for the optimizer updates (in place, flat device arrays of one shape). The
 per-element rules are numbanorm/_pointwise.py (shared with the CPU backend)."""
-import numpy as np
 from numba import cuda
 
 from .._pointwise import adam_at, sgd_at
-from ._common import flat, float_signatures, grid_1d, launch, threads
+from ._common import flat, float_signatures, launch_1d, size
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -30,21 +29,11 @@ KERNEL_SIGNATURES["_adam"] = float_signatures(
     "float64, float64, boolean")
 
 
-def _grid(p):
-    n = int(np.prod(p.shape, dtype=np.int64))
-    t = threads()
-    return n, grid_1d(n, t), t
-
-
 def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    n, blocks, t = _grid(p)
-    if n:
-        launch(_sgd, blocks, t)(flat(p), flat(g), flat(buf), lr, momentum, dampening, weight_decay,
-                        nesterov, first)
+    launch_1d(_sgd, size(p.shape), flat(p), flat(g), flat(buf), lr, momentum, dampening,
+              weight_decay, nesterov, first)
 
 
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad):
-    n, blocks, t = _grid(p)
-    if n:
-        launch(_adam, blocks, t)(flat(p), flat(g), flat(m), flat(v), flat(vmax), lr, beta1, beta2, eps,
-                         weight_decay, bc1, bc2_sqrt, amsgrad)
+    launch_1d(_adam, size(p.shape), flat(p), flat(g), flat(m), flat(v), flat(vmax), lr, beta1,
+              beta2, eps, weight_decay, bc1, bc2_sqrt, amsgrad)

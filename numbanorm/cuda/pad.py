@@ -2,7 +2,7 @@
 gathered through a source map, and the backward sum in the map's source order (no atomics)."""
 from numba import cuda
 
-from ._common import device_array, float_signatures, grid_1d, launch, threads
+from ._common import device_array, float_signatures, launch_1d
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -37,17 +37,11 @@ KERNEL_SIGNATURES["_scatter_sum"] = float_signatures(
 
 def gather(x, source):
     out = device_array((x.shape[0], source.shape[0]), x.dtype)
-    n = int(out.shape[0]) * int(out.shape[1])
-    if n:
-        t = threads()
-        launch(_gather, grid_1d(n, t), t)(x, source, out)
+    launch_1d(_gather, int(out.shape[0]) * int(out.shape[1]), x, source, out)
     return out
 
 
 def scatter_sum(dxp, order, starts, M):
     dx = device_array((dxp.shape[0], M), dxp.dtype)
-    n = int(dx.shape[0]) * M
-    if n:
-        t = threads()
-        launch(_scatter_sum, grid_1d(n, t), t)(dxp, order, starts, dx)
+    launch_1d(_scatter_sum, int(dx.shape[0]) * M, dxp, order, starts, dx)
     return dx

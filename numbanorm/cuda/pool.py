@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._shapes import avg_pool_divisor
-from ._common import device_array, float_signatures, grid_1d, launch, threads
+from ._common import device_array, float_signatures, launch_1d, size
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -94,15 +94,6 @@ KERNEL_SIGNATURES["_avg_forward"] = float_signatures(
     "{f}[:, :, :, ::1], int64, int64, int64, int64, int64, int64, boolean, {f}[:, :, :, ::1]")
 
 
-def _launch(kernel, shape, *args):
-    n = 1
-    for d in shape:
-        n *= int(d)
-    if n:
-        t = threads()
-        launch(kernel, grid_1d(n, t), t)(*args)
-
-
 _PLACEHOLDER = {}
 
 
@@ -117,14 +108,14 @@ def max_forward(x, kernel, stride, padding, out_hw):
     shape = tuple(x.shape[:2]) + tuple(out_hw)
     y = device_array(shape, x.dtype)
     idx = device_array(shape, np.int32)
-    _launch(_max_forward, shape, x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
+    launch_1d(_max_forward, size(shape), x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
             padding[1], y, idx)
     return y, idx
 
 
 def max_backward(dy, idx, x_shape, kernel, stride, padding):
     dx = device_array(tuple(x_shape), dy.dtype)
-    _launch(_pool_backward, x_shape, dy, idx, kernel[0], kernel[1], stride[0], stride[1],
+    launch_1d(_pool_backward, size(x_shape), dy, idx, kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], True, True, dx)
     return dx
 
@@ -132,13 +123,13 @@ def max_backward(dy, idx, x_shape, kernel, stride, padding):
 def avg_forward(x, kernel, stride, padding, out_hw, count_include_pad):
     shape = tuple(x.shape[:2]) + tuple(out_hw)
     y = device_array(shape, x.dtype)
-    _launch(_avg_forward, shape, x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
+    launch_1d(_avg_forward, size(shape), x, kernel[0], kernel[1], stride[0], stride[1], padding[0],
             padding[1], count_include_pad, y)
     return y
 
 
 def avg_backward(dy, x_shape, kernel, stride, padding, count_include_pad):
     dx = device_array(tuple(x_shape), dy.dtype)
-    _launch(_pool_backward, x_shape, dy, _no_idx(), kernel[0], kernel[1], stride[0], stride[1],
+    launch_1d(_pool_backward, size(x_shape), dy, _no_idx(), kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], False, count_include_pad, dx)
     return dx
