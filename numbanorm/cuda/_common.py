@@ -282,6 +282,28 @@ def block_sum2(a, b, sh):
     return a, b
 
 
+# The index helpers are inlined in Numba IR (inline="always"): a kernel using them compiles to
+# the PTX of the index math written out (checked); a plain device function, inlined later by
+# NVVM, kept a few sign fix-ups of the floor divisions per element.
+@cuda.jit(device=True, inline="always")
+def unravel4(e, C, H, W):
+    """(n, c, h, w) of the flat index e into a C-contiguous (N, C, H, W) array."""
+    w = e % W
+    h = (e // W) % H
+    c = (e // (W * H)) % C
+    n = e // (W * H * C)
+    return n, c, h, w
+
+
+@cuda.jit(device=True, inline="always")
+def unravel3(i, CS, S):
+    """(n, c, s) of the flat index i into a C-contiguous (N, C, S) array; CS = C * S."""
+    n = i // CS
+    r = i - n * CS
+    c = r // S
+    return n, c, r - c * S
+
+
 @cuda.jit
 def _fill(out, value):
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):

@@ -23,7 +23,7 @@ from numba import cuda, float64
 
 from .._validate import param_dtype
 from ._common import (cdiv, device_array, float_signatures, grid_1d, launch, placeholder,
-                      threads)
+                      threads, unravel3)
 from .channel_reduce import merge, partial_sums, sum_row
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -104,10 +104,7 @@ def _affine(u, center, scale, offset, out):
     N, C, S = u.shape
     CS = C * S
     for i in range(cuda.grid(1), N * CS, cuda.gridsize(1)):
-        n = i // CS
-        r = i - n * CS
-        c = r // S
-        s = r - c * S
+        n, c, s = unravel3(i, CS, S)
         out[n, c, s] = (float64(u[n, c, s]) - center[c]) * scale[c] + offset[c]
 
 
@@ -189,10 +186,7 @@ def _backward_dx(x, dy, mean, a, b, d, training, dx):
     N, C, S = x.shape
     CS = C * S
     for i in range(cuda.grid(1), N * CS, cuda.gridsize(1)):
-        n = i // CS
-        r = i - n * CS
-        c = r // S
-        s = r - c * S
+        n, c, s = unravel3(i, CS, S)
         if training:
             dx[n, c, s] = a[c] * float64(dy[n, c, s]) + b[c] * (float64(x[n, c, s]) - mean[c]) + d[c]
         else:

@@ -1,6 +1,7 @@
 """Stage 1 and the in-order merge of the GPU's per-channel two-stage reduction, shared by
 numbanorm.cuda.channel_norm (BatchNorm statistics and backward sums) and row_norm's backward
-(dweight/dbias with per-(sample, group) statistics).
+(dweight/dbias with per-(sample, group) statistics); masked_channel_norm's own partials use its
+chunking (split, block_chunk) and merge (sum_row).
 
 Shape legend: x (and dy) a C-contiguous (N, C, S) device array of float32, float64 or float16
 (read as float64); partials p1, p2 float64 (C, P).
@@ -40,18 +41,23 @@ def cdiv_dev(a, b):
     return (a + b - 1) // b
 
 
+@cuda.jit(device=True, inline="always")  # same PTX as written out (see _common.unravel4)
+def block_chunk(P, chunk, L):
+    """(c, p, i0, i1): block blockIdx.x = c * P + p reduces values [i0, i1) of channel c's L."""
+    c = cuda.blockIdx.x // P
+    p = cuda.blockIdx.x % P
+    i0 = p * chunk
+    return c, p, i0, min(L, i0 + chunk)
+
+
 @cuda.jit
 def _plane_partials(x, dy, mean, rstd, nrows, nstride, Cg, mode, chunk, p1, p2):
     """Block b = c * P + p reduces values i in [p*chunk, (p+1)*chunk) of channel c (i = n*S + s)."""
     N, C, S = x.shape
-    P = p1.shape[1]
     sh = cuda.shared.array(0, float64)
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
-    c = cuda.blockIdx.x // P
-    p = cuda.blockIdx.x % P
-    i0 = p * chunk
-    i1 = min(N * S, i0 + chunk)
+    c, p, i0, i1 = block_chunk(p1.shape[1], chunk, N * S)
     a1 = 0.0
     a2 = 0.0
     if mode == 0:
@@ -128,15 +134,18 @@ def _partial_plan(N, C, S, t, items, target_blocks):
     """(column layout?, blocks, P, chunk, shared bytes) of stage 1 (cached per shape and config)."""
     if S == 1 and C >= COLUMN_MIN_C:
         ncb = cdiv(C, t)
-        P = max(1, min(cdiv(N, items), cdiv(target_blocks, ncb)))
-        chunk = cdiv(N, P)
-        P = cdiv(N, chunk)
+        P, chunk = split(N, items, cdiv(target_blocks, ncb))
         return True, ncb * P, P, chunk, 0
-    L = N * S
-    P = max(1, min(cdiv(L, t * items), cdiv(target_blocks, C)))
-    chunk = cdiv(L, P)
-    P = cdiv(L, chunk)
+    P, chunk = split(N * S, t * items, cdiv(target_blocks, C))
     return False, C * P, P, chunk, shared_bytes(t)
+
+
+def split(L, min_chunk, most_chunks):
+    """(P, chunk): L values cut into P chunks of `chunk` (the last one shorter), as many as
+    most_chunks allows without going under min_chunk values a chunk (at least 1)."""
+    P = max(1, min(cdiv(L, min_chunk), most_chunks))
+    chunk = cdiv(L, P)
+    return cdiv(L, chunk), chunk
 
 
 def partial_sums(x, dy, mean, rstd, nstride, Cg, mode, nrows=1):

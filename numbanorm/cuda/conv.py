@@ -11,7 +11,7 @@ from numba import cuda, float64
 
 from .._shapes import conv_dims
 from ._common import (block_sum2, device_array, float_signatures, launch, launch_1d, shared_bytes,
-                      size, threads)
+                      size, threads, unravel4)
 from .gemm import gemm, gemm_dw
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
@@ -46,10 +46,7 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dx):
     """One thread per dx[n, c, h, w]: the sum over the (i, j, oh, ow) that read it."""
     N, C, H, W = dx.shape
     for e in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
-        w = e % W
-        h = (e // W) % H
-        c = (e // (W * H)) % C
-        n = e // (W * H * C)
+        n, c, h, w = unravel4(e, C, H, W)
         acc = 0.0
         for i in range(KH):
             th = h + ph - i * dh

@@ -11,8 +11,9 @@ from numba import cuda, float64
 
 from . import config
 from .channel_norm import backward_coefficients
+from .channel_reduce import block_chunk, split, sum_row
 from ._common import (block_sum2, cdiv, device_array, float_signatures, grid_1d, launch,
-                      shared_bytes, threads)
+                      shared_bytes, threads, unravel3)
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -21,14 +22,10 @@ KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 def _masked_partials(x, mask, n0, s0, chunk, p1, p2):
     """Block b = c * P + p: shifted sums of channel c over its chunk, selected positions only."""
     N, C, S = x.shape
-    P = p1.shape[1]
     sh = cuda.shared.array(0, float64)
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
-    c = cuda.blockIdx.x // P
-    p = cuda.blockIdx.x % P
-    i0 = p * chunk
-    i1 = min(N * S, i0 + chunk)
+    c, p, i0, i1 = block_chunk(p1.shape[1], chunk, N * S)
     shift = float64(x[n0, c, s0])
     a1 = 0.0
     a2 = 0.0
@@ -53,14 +50,9 @@ KERNEL_SIGNATURES["_masked_partials"] = float_signatures(
 def _masked_finish(p1, p2, x, n0, s0, count, mean, var):
     c = cuda.grid(1)
     if c < mean.shape[0]:
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(p1.shape[1]):
-            s1 += p1[c, j]
-            s2 += p2[c, j]
-        d = s1 / count
+        d = sum_row(p1, c) / count
         mean[c] = float64(x[n0, c, s0]) + d
-        var[c] = max(s2 / count - d * d, 0.0)
+        var[c] = max(sum_row(p2, c) / count - d * d, 0.0)
 
 
 KERNEL_SIGNATURES["_masked_finish"] = float_signatures(
@@ -74,10 +66,7 @@ def stats(x, mask, n0, s0, count):
     selected value) is the shift of channel c's sums; count: the number of selected positions."""
     N, C, S = x.shape
     t = threads()
-    L = N * S
-    P = max(1, min(cdiv(L, t * max(1, int(config.ITEMS_PER_THREAD))), cdiv(config.TARGET_BLOCKS, C)))
-    chunk = cdiv(L, P)
-    P = cdiv(L, chunk)
+    P, chunk = split(N * S, t * max(1, int(config.ITEMS_PER_THREAD)), cdiv(config.TARGET_BLOCKS, C))
     p1 = device_array((C, P), np.float64)
     p2 = device_array((C, P), np.float64)
     launch(_masked_partials, C * P, t, shared_bytes(t))(x, mask, int(n0), int(s0), chunk, p1, p2)
@@ -93,10 +82,7 @@ def _masked_backward_dx(x, dy, mask, mean, a, b, d, dx):
     N, C, S = x.shape
     CS = C * S
     for i in range(cuda.grid(1), N * CS, cuda.gridsize(1)):
-        n = i // CS
-        r = i - n * CS
-        c = r // S
-        s = r - c * S
+        n, c, s = unravel3(i, CS, S)
         v = a[c] * float64(dy[n, c, s])
         if mask[n, s] != 0:
             v += b[c] * (float64(x[n, c, s]) - mean[c]) + d[c]

@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .._shapes import avg_pool_divisor
-from ._common import device_array, float_signatures, launch_1d, size
+from ._common import device_array, float_signatures, launch_1d, size, unravel4
 
 KERNEL_SIGNATURES = {}  # kernel name -> argument signatures (see _common)
 
@@ -15,10 +15,7 @@ def _max_forward(x, kh, kw, sh, sw, ph, pw, y, idx):
     N, C, H, W = x.shape
     _, _, OH, OW = y.shape
     for e in range(cuda.grid(1), N * C * OH * OW, cuda.gridsize(1)):
-        ow = e % OW
-        oh = (e // OW) % OH
-        c = (e // (OW * OH)) % C
-        n = e // (OW * OH * C)
+        n, c, oh, ow = unravel4(e, C, OH, OW)
         h0 = oh * sh - ph
         w0 = ow * sw - pw
         hs = max(h0, 0)
@@ -46,10 +43,7 @@ def _pool_backward(dy, idx, kh, kw, sh, sw, ph, pw, is_max, count_include_pad, d
     N, C, H, W = dx.shape
     _, _, OH, OW = dy.shape
     for e in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
-        w = e % W
-        h = (e // W) % H
-        c = (e // (W * H)) % C
-        n = e // (W * H * C)
+        n, c, h, w = unravel4(e, C, H, W)
         # windows oh with oh*sh - ph <= h < oh*sh - ph + kh
         oh_lo = max(0, (h + ph - kh) // sh + 1) if h + ph >= kh else 0
         ow_lo = max(0, (w + pw - kw) // sw + 1) if w + pw >= kw else 0
@@ -77,10 +71,7 @@ def _avg_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     N, C, H, W = x.shape
     _, _, OH, OW = y.shape
     for e in range(cuda.grid(1), N * C * OH * OW, cuda.gridsize(1)):
-        ow = e % OW
-        oh = (e // OW) % OH
-        c = (e // (OW * OH)) % C
-        n = e // (OW * OH * C)
+        n, c, oh, ow = unravel4(e, C, OH, OW)
         h0 = oh * sh - ph
         w0 = ow * sw - pw
         acc = 0.0
