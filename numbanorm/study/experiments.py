@@ -252,6 +252,20 @@ def learning_rate_verdict(rows):
 BATCH_SIZE_NORMS = ("batch", "group", "renorm", "layer")
 
 
+def _batch_sweep(ctx, s, data, label, make_model, rows):
+    """Train a fresh make_model() at each batch size of s["batches"] with lr = s["base_lr"] *
+    batch / 128; appends [label, batch, lr, steps, final test acc or "diverged"] to rows and
+    returns the final accuracies (None where diverged)."""
+    accs = []
+    for bs in s["batches"]:
+        lr = s["base_lr"] * bs / 128
+        run = ctx.train(make_model(), data, f"{label} batch {bs}", s["epochs"], bs, lr)
+        fin = final_acc(run)
+        accs.append(fin)
+        rows.append([label, bs, lr, len(run["step_losses"]), fin if fin is not None else "diverged"])
+    return accs
+
+
 def batch_size(ctx):
     title = "Batch size: is BatchNorm weak at small batches, where GroupNorm/LayerNorm/BatchRenorm do better?"
     claim = ("BatchNorm's error grows as the batch shrinks; GroupNorm (Wu & He 2018), LayerNorm and "
@@ -263,14 +277,7 @@ def batch_size(ctx):
     data = ctx.subset(s["train"], s["test"])
     rows, curves = [], {"batches": list(s["batches"])}
     for norm in BATCH_SIZE_NORMS:
-        accs = []
-        for bs in s["batches"]:
-            lr = s["base_lr"] * bs / 128
-            run = ctx.train(ctx.model(norm), data, f"{norm} batch {bs}", s["epochs"], bs, lr)
-            fin = final_acc(run)
-            accs.append(fin)
-            rows.append([norm, bs, lr, len(run["step_losses"]), fin if fin is not None else "diverged"])
-        curves[norm] = accs
+        curves[norm] = _batch_sweep(ctx, s, data, norm, lambda: ctx.model(norm), rows)
     return {
         "title": title, "claim": claim,
         "setup": f"{s['train']:,} training / {s['test']:,} test images, {s['epochs']} epoch(s) at every "
@@ -450,15 +457,8 @@ def weight_standardization(ctx):
     data = ctx.subset(s["train"], s["test"])
     rows, curves = [], {"batches": list(s["batches"])}
     for label, norm, conv in WS_RUNS:
-        accs = []
-        for bs in s["batches"]:
-            lr = s["base_lr"] * bs / 128
-            run = ctx.train(ctx.model(norm, conv=getattr(nn, conv)), data, f"{label} batch {bs}",
-                            s["epochs"], bs, lr)
-            fin = final_acc(run)
-            accs.append(fin)
-            rows.append([label, bs, lr, len(run["step_losses"]), fin if fin is not None else "diverged"])
-        curves[label] = accs
+        curves[label] = _batch_sweep(ctx, s, data, label,
+                                     lambda: ctx.model(norm, conv=getattr(nn, conv)), rows)
     return {
         "title": title, "claim": claim,
         "setup": f"{s['train']:,} training / {s['test']:,} test images, {s['epochs']} epoch(s), SGD momentum "
