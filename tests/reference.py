@@ -210,3 +210,31 @@ def masked_batch_norm_backward(dy, x, weight, mask, eps=1e-5):
     dmean = np.sum(-dxhat * std_inv, axis=axes, keepdims=True)  # d var / d mean = 0 over the selection
     dx = dxhat * std_inv + mf * (dvar * 2.0 * xmu / k + dmean / k)
     return dx, np.sum(dy * xmu * std_inv, axis=axes), np.sum(dy, axis=axes)
+
+
+# ---------------------------------------------------------------- helpers of the tests that use it
+
+def f64(a):
+    """a as a float64 NumPy array (None stays None)."""
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def tol(dtype):
+    """assert_allclose tolerances of a CPU kernel's result in dtype against this reference."""
+    return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def numeric_grad(f, a, h=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (a C-contiguous
+    array, changed in place and restored)."""
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return g

@@ -7,20 +7,13 @@ import pytest
 from numbanorm import functional as F
 
 from . import reference as R
+from .reference import f64, numeric_grad, tol
 
 RNG = np.random.default_rng(1234)
 
 
 def rand(shape, dtype=np.float64, scale=1.0, loc=0.0):
     return (loc + scale * RNG.standard_normal(shape)).astype(dtype)
-
-
-def tol(dtype):
-    return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
-
-
-def f64(a):
-    return None if a is None else np.asarray(a, np.float64)
 
 
 # ------------------------------------------------------------------ ops as (forward, backward, reference)
@@ -167,16 +160,7 @@ def _fd_check(forward, backward, x, params, eps_fd=1e-6):
     for k, arr in enumerate([x] + [p for p in params]):
         if arr is None:
             continue
-        num = np.zeros_like(arr)
-        flat, nflat = arr.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps_fd
-            lp = np.sum(forward(x, *params)[0] * dy)
-            flat[i] = old - eps_fd
-            lm = np.sum(forward(x, *params)[0] * dy)
-            flat[i] = old
-            nflat[i] = (lp - lm) / (2 * eps_fd)
+        num = numeric_grad(lambda: np.sum(forward(x, *params)[0] * dy), arr, eps_fd)
         np.testing.assert_allclose(grads[k], num, rtol=1e-5, atol=1e-7, err_msg=f"gradient {k}")
 
 

@@ -28,15 +28,12 @@ from numbanorm import functional as F  # noqa: E402
 from numbanorm import nn  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .reference import f64  # noqa: E402
 from .test_gpu import SIMULATOR, dev, host, small_launches  # noqa: E402,F401
 from .test_half import assert_grad_close, assert_half_close  # noqa: E402
 
 HALF = np.dtype(np.float16)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def f64(a):
-    return None if a is None else np.asarray(a, np.float64)
 
 
 def same_memory(a, b):

@@ -11,16 +11,13 @@ from numbanorm import functional as F
 from numbanorm import nn
 
 from . import reference as ref
+from .reference import f64
 
 HALF = np.float16
 BFLOAT16 = check.BFLOAT16  # None without ml_dtypes (the optional bfloat16 extra)
 SIXTEEN_BIT = [HALF] + [pytest.param(BFLOAT16, id="bfloat16", marks=pytest.mark.skipif(
     BFLOAT16 is None, reason="ml_dtypes (the bfloat16 extra) is not installed"))]
 PARAM_DTYPES = [np.float32, np.float16]
-
-
-def f64(a):
-    return None if a is None else np.asarray(a, np.float64)
 
 
 def assert_half_close(got, want, atol=0.0):

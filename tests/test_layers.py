@@ -6,6 +6,8 @@ import pytest
 
 import numbanorm.nn as nn
 
+from .reference import numeric_grad
+
 RNG = np.random.default_rng(1234)
 
 
@@ -44,21 +46,6 @@ def xent_ref(logits, labels):
         z = logits[r] - logits[r].max()
         out += -(z[labels[r]] - np.log(np.exp(z).sum()))
     return out / logits.shape[0]
-
-
-def numeric_grad(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        fp = f()
-        flat[i] = old - h
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
 
 
 def check_gradients(layer, x, params=()):

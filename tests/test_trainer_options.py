@@ -8,7 +8,8 @@ import pytest
 import numbanorm.nn as nn
 from numbanorm import functional as F, optim
 
-from .test_layers import check_gradients, numeric_grad
+from .reference import numeric_grad
+from .test_layers import check_gradients
 
 RNG = np.random.default_rng(77)
 

@@ -11,20 +11,13 @@ from numbanorm import functional as F
 from numbanorm import nn, optim
 
 from . import reference as R
+from .reference import f64, numeric_grad, tol
 
 RNG = np.random.default_rng(4321)
 
 
 def rand(shape, dtype=np.float64, scale=1.0, loc=0.0):
     return (loc + scale * RNG.standard_normal(shape)).astype(dtype)
-
-
-def tol(dtype):
-    return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
-
-
-def f64(a):
-    return None if a is None else np.asarray(a, np.float64)
 
 
 def fd_check(f, backward_grads, arrays, eps_fd=1e-6, rtol=1e-5, atol=1e-7):
@@ -36,16 +29,7 @@ def fd_check(f, backward_grads, arrays, eps_fd=1e-6, rtol=1e-5, atol=1e-7):
     for arr, g in zip(arrays, grads):
         if g is None:
             continue
-        num = np.zeros_like(arr)
-        flat, nflat = arr.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps_fd
-            up = np.sum(f(*arrays) * dy)
-            flat[i] = old - eps_fd
-            down = np.sum(f(*arrays) * dy)
-            flat[i] = old
-            nflat[i] = (up - down) / (2 * eps_fd)
+        num = numeric_grad(lambda: np.sum(f(*arrays) * dy), arr, eps_fd)
         np.testing.assert_allclose(g, num, rtol=rtol, atol=atol)
 
 
