@@ -276,24 +276,22 @@ def test_bitwise_identical_whatever_the_thread_count(shape):
     if len(shape) == 4:
         ops.append(lambda: F.group_norm(x, 4, np.ones(C, np.float32), np.zeros(C, np.float32)))
     backwards = [F.batch_norm_backward, F.layer_norm_backward, F.group_norm_backward]
+
+    def run_all():
+        out = []
+        for op, bwd in zip(ops, backwards):
+            y, saved = op()
+            out.append(y)
+            out.extend(g for g in bwd(dy, saved) if g is not None)
+        return out
+
     original = numba.get_num_threads()
     try:
         results = []
         for threads in sorted({1, original}):
             numba.set_num_threads(threads)
-            out = []
-            for op, bwd in zip(ops, backwards):
-                y, saved = op()
-                out.append(y)
-                out.extend(g for g in bwd(dy, saved) if g is not None)
-            results.append(out)
-        for _ in range(2):  # and run to run
-            out = []
-            for op, bwd in zip(ops, backwards):
-                y, saved = op()
-                out.append(y)
-                out.extend(g for g in bwd(dy, saved) if g is not None)
-            results.append(out)
+            results.append(run_all())
+        results += [run_all() for _ in range(2)]  # and run to run
     finally:
         numba.set_num_threads(original)
     for other in results[1:]:
