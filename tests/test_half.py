@@ -140,17 +140,28 @@ def test_half_bad_params_refused_before_any_change():
 def test_half_layers(layer_dtype):
     """A float32 layer fed float16 (mixed precision) and a dtype=float16 layer."""
     x, dy, _, _ = inputs((4, 6, 3, 5), np.float32, loc=1e3)
+    for y, dx in run_norm_layers(x, dy, layer_dtype):
+        assert np.isfinite(y).all() and np.isfinite(dx).all()
+
+
+def run_norm_layers(x, dy, layer_dtype):
+    """Forward and backward of BatchNorm2d, GroupNorm(2), InstanceNorm2d (affine, running stats)
+    and LayerNorm over the last dim, parameters of layer_dtype, on a 16-bit (N, 6, H, W) x:
+    y and dx keep x's dtype and shape; the weight's gradient and every state_dict entry are of
+    layer_dtype. Returns [(y, dx)], one per layer."""
+    out = []
     for layer in (nn.BatchNorm2d(6, dtype=layer_dtype), nn.GroupNorm(2, 6, dtype=layer_dtype),
                   nn.InstanceNorm2d(6, affine=True, track_running_stats=True, dtype=layer_dtype),
-                  nn.LayerNorm(5, dtype=layer_dtype)):
+                  nn.LayerNorm(x.shape[-1], dtype=layer_dtype)):
         y = layer.forward(x)
         dx = layer.backward(dy)
-        assert y.dtype == dx.dtype == HALF and y.shape == dx.shape == x.shape
+        assert y.dtype == dx.dtype == x.dtype and y.shape == dx.shape == x.shape
         assert layer.weight.grad.dtype == np.dtype(layer_dtype)
-        assert np.isfinite(y).all() and np.isfinite(dx).all()
         for name, value in layer.state_dict().items():
             if name != "num_batches_tracked":
                 assert value.dtype == np.dtype(layer_dtype), name
+        out.append((y, dx))
+    return out
 
 
 def test_half_matches_torch():
@@ -374,16 +385,7 @@ def test_bfloat16_layers_and_torch():
     x, dy, w, b = inputs((4, 6, 5, 7), np.float32, loc=3.0)
     x, dy = x.astype(np.float32).astype(BFLOAT16), dy.astype(np.float32).astype(BFLOAT16)
     for layer_dtype in (np.float32, BFLOAT16):
-        for layer in (nn.BatchNorm2d(6, dtype=layer_dtype), nn.GroupNorm(2, 6, dtype=layer_dtype),
-                      nn.InstanceNorm2d(6, affine=True, track_running_stats=True, dtype=layer_dtype),
-                      nn.LayerNorm(7, dtype=layer_dtype)):
-            y = layer.forward(x)
-            dx = layer.backward(dy)
-            assert y.dtype == dx.dtype == BFLOAT16 and y.shape == dx.shape == x.shape
-            assert layer.weight.grad.dtype == np.dtype(layer_dtype)
-            for name, value in layer.state_dict().items():
-                if name != "num_batches_tracked":
-                    assert value.dtype == np.dtype(layer_dtype), name
+        run_norm_layers(x, dy, layer_dtype)
     torch = pytest.importorskip("torch")
     wb, bb = w.astype(BFLOAT16), b.astype(BFLOAT16)
     t = lambda a: torch.tensor(a.astype(np.float32)).to(torch.bfloat16)
