@@ -17,6 +17,12 @@ def close(got, want, tol=1e-9):
     assert err <= tol * (1 + float(np.max(np.abs(want)))), err
 
 
+def close_each(got, want):
+    """close() for each pair of arrays of two sequences of the same length."""
+    for g, w in zip(got, want, strict=True):
+        close(g, w)
+
+
 def data(shape, C_axis=1):
     x = rng.standard_normal(shape) * 2 + 3
     dy = rng.standard_normal(shape)
@@ -35,18 +41,12 @@ def test_batch_norm_large(shape):
     rm_ours, rv_ours = rm.copy(), rv.copy()
     y, saved = F.batch_norm(x, w, b, rm_ours, rv_ours, training=True, momentum=0.3)
     y_ref, rm_ref, rv_ref = ref.batch_norm(x, w, b, rm, rv, True, 0.3)
-    close(y, y_ref)
-    close(rm_ours, rm_ref)
-    close(rv_ours, rv_ref)
-    dx, dw, db = F.batch_norm_backward(dy, saved)
-    for got, want in zip((dx, dw, db), ref.batch_norm_backward(dy, x, w)):
-        close(got, want)
+    close_each((y, rm_ours, rv_ours), (y_ref, rm_ref, rv_ref))
+    close_each(F.batch_norm_backward(dy, saved), ref.batch_norm_backward(dy, x, w))
     # eval mode
     y, saved = F.batch_norm(x, w, b, rm, rv, training=False)
     close(y, ref.batch_norm(x, w, b, rm, rv, False)[0])
-    dx, dw, db = F.batch_norm_backward(dy, saved)
-    for got, want in zip((dx, dw, db), ref.batch_norm_eval_backward(dy, x, w, rm, rv)):
-        close(got, want)
+    close_each(F.batch_norm_backward(dy, saved), ref.batch_norm_eval_backward(dy, x, w, rm, rv))
 
 
 @pytest.mark.parametrize("shape,normalized", [((3000, 37), (37,)), ((4, 20000), (20000,)),
@@ -59,9 +59,7 @@ def test_layer_norm_large(shape, normalized):
     w, b = rng.standard_normal(normalized), rng.standard_normal(normalized)
     y, saved = F.layer_norm(x, normalized, w, b)
     close(y, ref.layer_norm(x, normalized, w, b))
-    dx, dw, db = F.layer_norm_backward(dy, saved)
-    for got, want in zip((dx, dw, db), ref.layer_norm_backward(dy, x, normalized, w)):
-        close(got, want)
+    close_each(F.layer_norm_backward(dy, saved), ref.layer_norm_backward(dy, x, normalized, w))
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 130, 130), 3), ((3000, 36, 1), 4), ((2, 512, 9, 9), 32),
@@ -70,9 +68,7 @@ def test_group_norm_large(shape, groups):
     x, dy, w, b = data(shape)
     y, saved = F.group_norm(x, groups, w, b)
     close(y, ref.group_norm(x, groups, w, b))
-    dx, dw, db = F.group_norm_backward(dy, saved)
-    for got, want in zip((dx, dw, db), ref.group_norm_backward(dy, x, groups, w)):
-        close(got, want)
+    close_each(F.group_norm_backward(dy, saved), ref.group_norm_backward(dy, x, groups, w))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 130, 130), (3000, 5, 7), (2, 700, 25), (1, 2, 40000)], ids=str)
@@ -82,12 +78,8 @@ def test_instance_norm_large(shape):
     rm_ours, rv_ours = rm.copy(), rv.copy()
     y, saved = F.instance_norm(x, w, b, rm_ours, rv_ours, momentum=0.2)
     y_ref, rm_ref, rv_ref = ref.instance_norm(x, w, b, rm, rv, momentum=0.2)
-    close(y, y_ref)
-    close(rm_ours, rm_ref)
-    close(rv_ours, rv_ref)
-    dx, dw, db = F.instance_norm_backward(dy, saved)
-    for got, want in zip((dx, dw, db), ref.instance_norm_backward(dy, x, w)):
-        close(got, want)
+    close_each((y, rm_ours, rv_ours), (y_ref, rm_ref, rv_ref))
+    close_each(F.instance_norm_backward(dy, saved), ref.instance_norm_backward(dy, x, w))
 
 
 @pytest.mark.parametrize("op", ["batch", "layer", "group", "instance"])
