@@ -27,16 +27,9 @@ def main():
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.test_trainer import ours_model
-    from numbanorm.nn.utils import fuse_bn_eval
+    from benchmarks.test_fusion import eval_models
 
-    rng = np.random.default_rng(0)
-    model = ours_model()
-    for _ in range(3):  # running statistics away from (0, 1)
-        model(rng.standard_normal((16, 1, 28, 28)).astype(np.float32) * 2 + 0.5)
-    fused = fuse_bn_eval(model)
-    model.eval()
-    x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
+    model, fused, x = eval_models(args.batch)
     y, yf = model(x), fused(x)
     err = float(np.abs(yf - y).max() / np.abs(y).max())
     clock = time.process_time if args.cpu_time else time.perf_counter

@@ -16,15 +16,22 @@ except ImportError as e:
     MISSING = f"numbanorm.nn.utils not importable ({e})"
 
 
-@pytest.fixture(scope="module")
-def models(quick):
+def eval_models(batch):
+    """(the reference CNN in eval mode, its copy with BatchNorm folded in, a random float32
+    (batch, 1, 28, 28) input); three training forwards first move the running statistics away
+    from (0, 1). Also used by bench_fusion.py."""
     rng = np.random.default_rng(0)
     model = ours_model()
-    for _ in range(3):  # running statistics away from (0, 1)
+    for _ in range(3):
         model(rng.standard_normal((16, 1, 28, 28)).astype(np.float32) * 2 + 0.5)
     fused = fuse_bn_eval(model)
     model.eval()
-    x = rng.standard_normal((8 if quick else 256, 1, 28, 28)).astype(np.float32)
+    return model, fused, rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def models(quick):
+    model, fused, x = eval_models(8 if quick else 256)
     y = model(x)
     np.testing.assert_allclose(fused(x), y, rtol=1e-4, atol=1e-4 * float(np.abs(y).max()))
     return {"unfused": model, "fused": fused}, x
