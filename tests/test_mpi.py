@@ -56,10 +56,12 @@ def _env():
     return env
 
 
-def mpirun(n, script, *args, timeout=TIMEOUT):
-    """Run `mpiexec -n n python script args`; returns CompletedProcess (text). A run past
-    `timeout` is killed with its whole process group and reported as a hang."""
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(WORKERS / script), *map(str, args)]
+def mpirun(n, script=None, *args, code=None, timeout=TIMEOUT):
+    """Run `mpiexec -n n python script args` (a script of tests/mpi_workers), or with code
+    `mpiexec -n n python -c code`; returns CompletedProcess (text). A run past `timeout` is
+    killed with its whole process group and reported as a hang."""
+    program = [str(WORKERS / script)] if code is None else ["-c", code]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, *program, *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -142,9 +144,7 @@ def test_one_value_per_channel_raises_on_every_rank(warm):
         "    print(f'rank {c.rank}: {e}', flush=True)\n"
         "c.Barrier()\n"
     )
-    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=TIMEOUT)
-    check_ok(res)
+    res = check_ok(mpirun(2, code=code))
     for rank in (0, 1):
         assert f"rank {rank}: Expected more than 1 value per channel" in res.stdout, res.stdout
 
@@ -363,7 +363,5 @@ def test_masked_sync_batch_norm_equals_single_process_masked(warm):
         "    print(f'max error {err:.3e}', flush=True)\n"
         "    assert err < 1e-10, err\n"
     )
-    res = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-c", code], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=TIMEOUT)
-    check_ok(res)
+    res = check_ok(mpirun(3, code=code))
     assert "max error" in res.stdout, res.stdout
