@@ -15,7 +15,7 @@ from numba import cuda  # noqa: E402
 from numbanorm import functional as F  # noqa: E402
 from numbanorm import nn  # noqa: E402
 
-from .test_gpu import assert_close, dev, host, randn, small_launches  # noqa: E402,F401
+from .test_gpu import assert_close, check_op, dev, host, randn, small_launches  # noqa: E402,F401
 
 DTYPES = [np.float32, np.float64]
 
@@ -42,15 +42,9 @@ def test_batch_renorm_matches_cpu(shape, dtype, affine, training):
     x = randn(rng, shape, dtype, loc=1.0)
     w, b = (randn(rng, C, dtype), randn(rng, C, dtype)) if affine else (None, None)
     rm, rv = randn(rng, C, dtype) * 0.3, (np.abs(randn(rng, C, dtype)) + 0.5).astype(dtype)
-    rm_g, rv_g = dev(rm), dev(rv)
-    y, s = F.batch_renorm(x, w, b, rm, rv, training, 0.1, 1e-5, 1.2, 0.3)
-    y_g, s_g = F.batch_renorm(dev(x), dev(w), dev(b), rm_g, rv_g, training, 0.1, 1e-5, 1.2, 0.3)
-    assert_close(y_g, y, dtype)
-    assert_close(rm_g, rm, dtype)
-    assert_close(rv_g, rv, dtype)
-    dy = randn(rng, shape, dtype)
-    for g, c in zip(F.batch_renorm_backward(dev(dy), s_g), F.batch_renorm_backward(dy, s)):
-        assert_close(g, c, dtype)
+    params = dict(weight=w, bias=b, running_mean=rm, running_var=rv)
+    check_op(F.batch_renorm, F.batch_renorm_backward, x, params, dtype, rng, training=training,
+             momentum=0.1, eps=1e-5, rmax=1.2, dmax=0.3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,16 +58,9 @@ def test_masked_batch_norm_matches_cpu(shape, mshape, dtype):
     mask.reshape(-1)[0] = False  # the first position is padding
     mask.reshape(-1)[1:3] = True
     w, b = randn(rng, C, dtype), randn(rng, C, dtype)
-    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
-    rm_g, rv_g = dev(rm), dev(rv)
-    y, s = F.batch_norm(x, w, b, rm, rv, True, 0.1, mask=mask)
-    y_g, s_g = F.batch_norm(dev(x), dev(w), dev(b), rm_g, rv_g, True, 0.1, mask=dev(mask))
-    assert_close(y_g, y, dtype)
-    assert_close(rm_g, rm, dtype)
-    assert_close(rv_g, rv, dtype)
-    dy = randn(rng, shape, dtype)
-    for g, c in zip(F.batch_norm_backward(dev(dy), s_g), F.batch_norm_backward(dy, s)):
-        assert_close(g, c, dtype)
+    params = dict(weight=w, bias=b, running_mean=np.zeros(C, dtype), running_var=np.ones(C, dtype),
+                  mask=mask)  # the mask goes to the device like the parameters
+    check_op(F.batch_norm, F.batch_norm_backward, x, params, dtype, rng, training=True, momentum=0.1)
 
 
 def test_masked_batch_norm_large_mean_and_errors():
