@@ -4,11 +4,12 @@
 
 For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
 bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
-(BatchNorm, GroupNorm, InstanceNorm; float16 channels-last for GroupNorm, InstanceNorm, also
-against float16 NCHW) and the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no more), with the ratio of each to float32
-NCHW (the issue #13 targets: float16 <= 0.75x, channels-last <= 1.1x). Interleaved rounds, best
-of `rounds` (15) per row. `only`: run just the ops whose "op shape" (e.g. "GroupNorm
-32x256x28x28") contains one of these comma-separated strings, e.g. "32x64x28x28".
+(BatchNorm, GroupNorm, InstanceNorm; float16 channels-last too, also against float16 NCHW) and
+the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no
+more), with the ratio of each to float32 NCHW (the issue #13 targets: float16 <= 0.75x,
+channels-last <= 1.1x). Interleaved rounds, best of `rounds` (15) per row. `only`: run just the
+ops whose "op shape" (e.g. "GroupNorm 32x256x28x28") contains one of these comma-separated
+strings, e.g. "32x64x28x28".
 """
 import sys
 import time
@@ -64,8 +65,8 @@ def _rows(op, shape, channels_last, rng):
         data["bfloat16"] = (x.astype(BFLOAT16), dy.astype(BFLOAT16))
     if channels_last:
         data["float32 channels-last"] = (_channels_last(x), _channels_last(dy))
-        if not op.startswith("BatchNorm"):  # float16 channels-last: compare with float16 NCHW
-            data["float16 channels-last"] = tuple(_channels_last(a) for a in data["float16"])
+        # float16 channels-last: compare with float16 NCHW
+        data["float16 channels-last"] = tuple(_channels_last(a) for a in data["float16"])
     rows = {}
     for name, (xa, da) in data.items():
         _, saved = forward(xa, w, b)

@@ -56,6 +56,81 @@ def test_batch_norm_channels_last(shape, dtype, training):
     np.testing.assert_array_equal(dx_nchw, dx)
 
 
+# (N*S, C) shapes that fill whole row-block tasks and leave partial blocks and tasks (C odd:
+# rows per task not a multiple of the 8-row sum blocks), run by the parallel kernels
+BLOCK_SHAPES = [(8, 64, 10, 12), (5, 37, 9, 21), (6000, 48)]
+
+
+def _batch_norm_run(x, dy, w, b):
+    rm, rv = np.zeros(x.shape[1], w.dtype), np.ones(x.shape[1], w.dtype)
+    y, saved = F.batch_norm(x, w, b, rm, rv, True)
+    return (y, *F.batch_norm_backward(dy, saved), rm, rv), saved
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_norm_channels_last_blocks(shape, dtype):
+    """The row-block kernels of the (N*S, C) view (channels-last, and plain (N, C) input):
+    large-mean data against the float64 reference, and bitwise the same for 1 thread and for
+    all (the tasks and their merge order depend on the shape only)."""
+    rng = np.random.default_rng(8)
+    loc = 1e3 if dtype == np.float16 else 1e4  # float16's spacing at 1e4 is 8
+    base = (loc + rng.standard_normal(shape)).astype(dtype)
+    x = channels_last(base) if len(shape) > 2 else base
+    dy = rng.standard_normal(shape).astype(dtype)
+    dy = channels_last(dy) if len(shape) > 2 else dy
+    pdtype = np.float32
+    C = shape[1]
+    w, b = (1 + rng.random(C)).astype(pdtype), rng.standard_normal(C).astype(pdtype)
+    original = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, original):
+            numba.set_num_threads(threads)
+            out, saved = _batch_norm_run(x, dy, w, b)
+            results.append(out)
+    finally:
+        numba.set_num_threads(original)
+    assert x.size >= 1 << 15  # the parallel kernels, not the serial small-input ones
+    assert len(shape) == 2 or saved.channels_last
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+    y, dx, dw, db, rm, rv = results[0]
+    x64, dy64, w64, b64 = (a.astype(np.float64) for a in (x, dy, w, b))
+    tol = 2e-3 if dtype == np.float16 else 2e-5
+    want_y, want_rm, want_rv = ref.batch_norm(x64, w64, b64, np.zeros(C), np.ones(C))
+    np.testing.assert_allclose(y.astype(np.float64), want_y, rtol=tol, atol=tol * 4)
+    np.testing.assert_allclose(rm, want_rm, rtol=1e-6)
+    np.testing.assert_allclose(rv, want_rv, rtol=1e-5)
+    for got, want in zip((dx, dw, db), ref.batch_norm_backward(dy64, x64, w64)):
+        scale = np.max(np.abs(want))
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * 4 * scale)
+
+
+def test_batch_norm_channels_last_finite_differences():
+    """Central differences of sum(y * dy), random dy, float64, on a channels-last shape whose
+    (N*S, C) view has whole 8-row sum blocks and a partial one."""
+    rng = np.random.default_rng(9)
+    x = channels_last(rng.standard_normal((3, 5, 3, 7)))
+    w, b = rng.standard_normal(5), rng.standard_normal(5)
+    forward = lambda: F.batch_norm(x, w, b, None, None, True)  # noqa: E731
+    y, saved = forward()
+    assert saved.channels_last
+    dy = rng.standard_normal(y.shape)
+    grads = F.batch_norm_backward(dy, saved)
+    for k, arr in enumerate((x, w, b)):
+        num = np.zeros(arr.shape)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + 1e-6
+            lp = np.sum(forward()[0] * dy)
+            arr[i] = old - 1e-6
+            lm = np.sum(forward()[0] * dy)
+            arr[i] = old
+            num[i] = (lp - lm) / 2e-6
+        np.testing.assert_allclose(grads[k], num, rtol=1e-5, atol=1e-7, err_msg=f"gradient {k}")
+
+
 def test_other_strides_still_copied():
     x = np.random.default_rng(2).standard_normal((4, 6, 5, 8)).astype(np.float32)[:, ::2, :, ::2]
     y, saved = F.batch_norm(x)

@@ -10,8 +10,11 @@ count.
 """
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from ._parallel import FASTMATH
+from ._prefetch import ahead
+from .half import load, store
 
 
 # rows per block of the sums: each column's block sum is taken in registers, then added to
@@ -107,3 +110,144 @@ def input_grad(x, dy, out, center, a, b, d):
         xv, gv, ov = x[r], dy[r], out[r]
         for c in range(C):
             ov[c] = a[c] * gv[c] + b[c] * (xv[c] - center[c]) + d[c]
+
+
+# ---------------------------------------------------------------- any dtype (16-bit as bits)
+# The BatchNorm (N*S, C) path (numbanorm.cpu.channel_norm_columns) reads float16/bfloat16 data
+# as bits through numbanorm.cpu.half's load/store. Each function below is the function above
+# for float32/float64 data and a 16-bit variant for bits; the choice is a compile-time constant
+# (is_16bit), so LLVM drops the other branch. Plain inlined functions, not overloads: called
+# through an overload's separate function the same loops ran 1.6-1.9x slower.
+
+def is_16bit(a):
+    """Whether a kernel array holds 16-bit data as bits (a compile-time constant in kernels)."""
+    return a.dtype.itemsize == 2
+
+
+@overload(is_16bit, inline="always")
+def _is_16bit(a):
+    value = a.dtype.bitwidth == 16
+    return lambda a: value
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def shifted_sums(x, center, a1, a2):
+    """add_moments for data of any kernel dtype: for 16-bit bits each column's SUM_ROWS-row
+    block sum is taken in float32 about float32(center[c]) (exact: see
+    numbanorm.cpu.half.shifted_sums), corrected to center and added into float64."""
+    R, C = x.shape
+    xf = x.reshape(R * C)
+    for q in range(R // SUM_ROWS):
+        # the block's lines AHEAD bytes on, in address order: the hardware prefetchers do not
+        # follow the block's row-by-row walk (see numbanorm.cpu._prefetch)
+        ahead(xf, q * SUM_ROWS * C, (q + 1) * SUM_ROWS * C)
+        xb = x[q * SUM_ROWS:(q + 1) * SUM_ROWS]
+        if is_16bit(x):
+            _add_shifted_block(xb, SUM_ROWS, center, a1, a2)
+        else:
+            add_moments(xb, center, a1, a2)
+    if R % SUM_ROWS:
+        if is_16bit(x):
+            _add_shifted_block(x[R - R % SUM_ROWS:], R % SUM_ROWS, center, a1, a2)
+        else:
+            add_moments(x[R - R % SUM_ROWS:], center, a1, a2)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def dy_sums(x, dy, center, sg, sgx):
+    """add_grad_moments with a float64 center (float64 products) for data of any kernel
+    dtype: for 16-bit bits the block sums of dy and dy * (x - float32(center[c])) are float32,
+    corrected to center and added into float64."""
+    R, C = x.shape
+    if is_16bit(x):
+        # 4-row blocks: from memory 8 rows ran 1.8x slower, 2 rows 1.3x (two streams); no
+        # prefetch (with it these sums ran 1.25x slower)
+        for q in range(R // 4):
+            _add_dy_block(x[4 * q:4 * q + 4], dy[4 * q:4 * q + 4], 4, center, sg, sgx)
+        if R % 4:
+            _add_dy_block(x[R - R % 4:], dy[R - R % 4:], R % 4, center, sg, sgx)
+    else:
+        xf, gf = x.reshape(R * C), dy.reshape(R * C)
+        # (2, C) blocks: with two streams, 8-row blocks (add_grad_moments) ran 1.4x slower
+        # from memory, 2 rows 1.1x the NCHW plane sums
+        for q in range(R // 2):
+            ahead(xf, q * 2 * C, (q + 1) * 2 * C)  # as in shifted_sums
+            ahead(gf, q * 2 * C, (q + 1) * 2 * C)
+            xb, gb = x[2 * q:2 * q + 2], dy[2 * q:2 * q + 2]
+            for c in range(C):
+                m = center[c]
+                t1 = 0.0
+                t2 = 0.0
+                for j in range(2):
+                    g = np.float64(gb[j, c])
+                    t1 += g
+                    t2 += g * (np.float64(xb[j, c]) - m)
+                sg[c] += t1
+                sgx[c] += t2
+        if R % 2:
+            add_grad_moments(x[R - 1:], dy[R - 1:], center, sg, sgx)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def affine_any_dtype(x, out, center, scale, offset):
+    """affine for data of any kernel dtype, coefficients in x's work type: 16-bit bits one row
+    at a time (F16C converts a row in a few instructions; in (4, C) blocks LLVM converted
+    element by element, 5x slower)."""
+    if is_16bit(x):
+        R, C = x.shape
+        for r in range(R):
+            xv, ov = x[r], out[r]
+            for c in range(C):
+                store(ov, c, (load(xv, c) - center[c]) * scale[c] + offset[c])
+    else:
+        affine(x, out, center, scale, offset)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def input_grad_any_dtype(x, dy, out, center, a, b, d):
+    """input_grad for data of any kernel dtype (16-bit bits one row at a time, as
+    affine_any_dtype); coefficients in x's work type."""
+    if is_16bit(x):
+        R, C = x.shape
+        for r in range(R):
+            xv, gv, ov = x[r], dy[r], out[r]
+            for c in range(C):
+                store(ov, c, a[c] * load(gv, c) + b[c] * (load(xv, c) - center[c]) + d[c])
+    else:
+        input_grad(x, dy, out, center, a, b, d)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _add_shifted_block(xb, R, center, a1, a2):
+    """One block of R rows xb of 16-bit bits into float64 a1, a2 (see shifted_sums); R a
+    constant for full blocks, so the row loop unrolls and the column loop vectorises."""
+    C = xb.shape[1]
+    for c in range(C):
+        m = np.float32(center[c])
+        t1 = np.float32(0.0)
+        t2 = np.float32(0.0)
+        for j in range(R):
+            d = load(xb, (j, c)) - m
+            t1 += d
+            t2 += d * d
+        # sums about m -> about center: (d + e) with e = m - center (0 when center is exact)
+        e = np.float64(m) - center[c]
+        a1[c] += t1 + R * e
+        a2[c] += t2 + 2.0 * e * t1 + R * e * e
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _add_dy_block(xb, gb, R, center, sg, sgx):
+    """One block of R rows (xb, gb) of 16-bit bits into float64 sg, sgx (see dy_sums)."""
+    C = xb.shape[1]
+    for c in range(C):
+        m = np.float32(center[c])
+        t1 = np.float32(0.0)
+        t2 = np.float32(0.0)
+        for j in range(R):
+            g = load(gb, (j, c))
+            t1 += g
+            t2 += g * (load(xb, (j, c)) - m)
+        # sum(g * (x - center)) = sum(g * (x - m)) + (m - center) * sum(g)
+        sg[c] += t1
+        sgx[c] += t2 + (np.float64(m) - center[c]) * t1

@@ -1,6 +1,8 @@
 """CPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats).
 
 Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C) input).
+S == 1 ((N, C) input, and channels-last input as its (N*S, C) view) runs the column kernels of
+numbanorm.cpu.channel_norm_columns.
 Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
 float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
 load/store; elementwise math in float32); statistics and parameter gradients are float64 sums
@@ -17,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaPerformanceWarning
 
-from . import _memory, channel_norm_eval
+from . import _memory, channel_norm_columns, channel_norm_eval
 from ._parallel import FASTMATH, TASK_SIZE, serial
 from .half import bits, dy_sums, load, shifted_sums, store, work_empty
 
@@ -95,49 +97,18 @@ def _samples_task(b, x, center, dy, with_dy, samples, p1, p2):
             a2[c] += r2
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _column_task(b, x, center, dy, with_dy, samples, p1, p2):
-    """The S == 1 case: task b sums rows [b*samples, (b+1)*samples) of an (N, C) array, so the
-    inner loop runs along contiguous channels."""
-    N, C = x.shape
-    # reshape, not [b, :, 0]: a C-contiguous view lets LLVM vectorise (nk == 1 here)
-    a1 = p1[b].reshape(C)
-    a2 = p2[b].reshape(C)
-    for c in range(C):  # a loop, not `[:] = 0`: parallel=True would make that a parfor
-        a1[c] = 0.0
-        a2[c] = 0.0
-    for n in range(b * samples, min(N, (b + 1) * samples)):
-        xv = x[n]
-        if with_dy:
-            gv = dy[n]
-            for c in range(C):
-                g = np.float64(load(gv, c))
-                a1[c] += g
-                a2[c] += g * (np.float64(load(xv, c)) - center[c])
-        else:
-            for c in range(C):
-                d = np.float64(load(xv, c)) - center[c]
-                a1[c] += d
-                a2[c] += d * d
-
-
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _channel_sums(x, center, dy, with_dy, samples, spatial, serial):
     """Per-channel float64 (p1, p2) sums of the tasks above over the whole (N, C, S) array,
     partials merged in a fixed order."""
     N, C, S = x.shape
+    if S == 1:
+        return channel_norm_columns.sums(x.reshape(N, C), center, dy.reshape(N, C), with_dy,
+                                         serial)
     nb, nk = -(-N // samples), -(-S // spatial)
     p1 = np.empty((nb, C, nk))
     p2 = np.empty((nb, C, nk))
-    if S == 1:
-        x2, dy2 = x.reshape(N, C), dy.reshape(N, C)  # C-contiguous 2-D views
-        if serial:
-            for b in range(nb):
-                _column_task(b, x2, center, dy2, with_dy, samples, p1, p2)
-        else:
-            for b in prange(nb):
-                _column_task(b, x2, center, dy2, with_dy, samples, p1, p2)
-    elif C * S <= WHOLE_SAMPLES_UP_TO:
+    if C * S <= WHOLE_SAMPLES_UP_TO:
         if serial:  # whole samples per task (see _grid)
             for b in range(nb):
                 _samples_task(b, x, center, dy, with_dy, samples, p1, p2)
@@ -166,10 +137,9 @@ def _merge(p):
 
 
 def _task_grid(N, C, S):
-    """(samples, spatial) per task of _channel_sums for an (N, C, S) array."""
-    if S == 1:
-        return max(1, TASK_SIZE // max(C, 1)), 1
-    return _grid(N, C, S)
+    """(samples, spatial) per task of _channel_sums for an (N, C, S) array (S == 1: unused,
+    channel_norm_columns has its own tasks)."""
+    return (1, 1) if S == 1 else _grid(N, C, S)
 
 
 def _partial_sums(x, center, dy):
@@ -221,31 +191,28 @@ def _in_dtype_of(u, center, coefficient, constant):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _affine_task(t, u, center, scale, offset, out):
-    """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]; for S == 1, row n.
-    Coefficients in u's dtype (see _in_dtype_of)."""
+    """Plane t = (n, c): out = (u - center[c]) * scale[c] + offset[c]. Coefficients in u's
+    dtype (see _in_dtype_of)."""
     N, C, S = u.shape
-    if S == 1:
-        uv, ov = u[t].reshape(C), out[t].reshape(C)  # contiguous views: vectorised
-        for c in range(C):
-            store(ov, c, (load(uv, c) - center[c]) * scale[c] + offset[c])
-    else:
-        n, c = t // C, t % C
-        m, a, b = center[c], scale[c], offset[c]
-        uv, ov = u[n, c], out[n, c]
-        for s in range(S):
-            store(ov, s, (load(uv, s) - m) * a + b)
+    n, c = t // C, t % C
+    m, a, b = center[c], scale[c], offset[c]
+    uv, ov = u[n, c], out[n, c]
+    for s in range(S):
+        store(ov, s, (load(uv, s) - m) * a + b)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _affine(u, center, scale, offset, out, serial):
     N, C, S = u.shape
     center, scale, offset = _in_dtype_of(u, center, scale, offset)
-    T = N if S == 1 else N * C
-    if serial:
-        for t in range(T):
+    if S == 1:
+        channel_norm_columns.affine(u.reshape(N, C), center, scale, offset, out.reshape(N, C),
+                                    serial)
+    elif serial:
+        for t in range(N * C):
             _affine_task(t, u, center, scale, offset, out)
     else:
-        for t in prange(T):
+        for t in prange(N * C):
             _affine_task(t, u, center, scale, offset, out)
 
 
@@ -258,19 +225,13 @@ def affine(u, center, scale, offset):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dx_task(t, x, dy, mean, a, b, d, dx):
-    """Plane t = (n, c) (row n when S == 1): dx = a*dy + b*(x - mean) + d, per-channel a, b, d
-    in x's work type."""
+    """Plane t = (n, c): dx = a*dy + b*(x - mean) + d, per-channel a, b, d in x's work type."""
     N, C, S = x.shape
-    if S == 1:
-        xv, gv, ov = x[t].reshape(C), dy[t].reshape(C), dx[t].reshape(C)
-        for c in range(C):
-            store(ov, c, a[c] * load(gv, c) + b[c] * (load(xv, c) - mean[c]) + d[c])
-    else:
-        n, c = t // C, t % C
-        ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
-        xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
-        for s in range(S):
-            store(ov, s, ac * load(gv, s) + bc * (load(xv, s) - mc) + dc)
+    n, c = t // C, t % C
+    ac, bc, dc, mc = a[c], b[c], d[c], mean[c]
+    xv, gv, ov = x[n, c], dy[n, c], dx[n, c]
+    for s in range(S):
+        store(ov, s, ac * load(gv, s) + bc * (load(xv, s) - mc) + dc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -280,12 +241,14 @@ def _backward_dx(x, dy, mean, a, b, d, dx, serial):
     a_x = work_empty(x, C)
     for c in range(C):
         a_x[c] = a[c]
-    T = N if S == 1 else N * C
-    if serial:
-        for t in range(T):
+    if S == 1:
+        channel_norm_columns.input_grad(x.reshape(N, C), dy.reshape(N, C), mean, a_x, b, d,
+                                        dx.reshape(N, C), serial)
+    elif serial:
+        for t in range(N * C):
             _dx_task(t, x, dy, mean, a_x, b, d, dx)
     else:
-        for t in prange(T):
+        for t in prange(N * C):
             _dx_task(t, x, dy, mean, a_x, b, d, dx)
 
 
