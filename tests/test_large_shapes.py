@@ -110,30 +110,38 @@ def test_float32_large_shapes(op):
     close(got, want[0], 2e-4)
 
 
-def test_layer_norm_paired_rows_float32_large_mean_deterministic():
-    """The LayerNorm backward's paired-row path (rows of >= 2048 elements, an odd row left in
-    some tasks): float32 data of mean 1e4 against the float64 reference, and bitwise the same
-    results for 1 and 2 threads."""
+def same_for_1_and_2_threads(run):
+    """run()'s arrays with Numba at 1 and at 2 threads, asserted bitwise equal; returns them."""
     import numba
 
-    shape = (130, 2100)
-    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
-    b = rng.standard_normal(shape[1]).astype(np.float32)
     original = numba.get_num_threads()
     results = []
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(threads)
-            y, saved = F.layer_norm(x, shape[1:], w, b)
-            results.append((y, *F.layer_norm_backward(dy, saved)))
+            results.append(run())
     finally:
         numba.set_num_threads(original)
     for a, c in zip(results[0], results[-1]):
         np.testing.assert_array_equal(a, c)
+    return results[0]
+
+
+def test_layer_norm_paired_rows_float32_large_mean_deterministic():
+    """The LayerNorm backward's paired-row path (rows of >= 2048 elements, an odd row left in
+    some tasks): float32 data of mean 1e4 against the float64 reference, and bitwise the same
+    results for 1 and 2 threads."""
+    shape = (130, 2100)
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32)
+
+    def run():
+        y, saved = F.layer_norm(x, shape[1:], w, b)
+        return (y, *F.layer_norm_backward(dy, saved))
+    y, dx, dw, db = same_for_1_and_2_threads(run)
     xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
-    y, dx, dw, db = results[0]
     close(y, ref.layer_norm(xd, shape[1:], wd, b.astype(np.float64)), 2e-6)
     for got, want in zip((dx, dw, db), ref.layer_norm_backward(dyd, xd, shape[1:], wd)):
         close(got, want, 2e-6)
@@ -143,26 +151,17 @@ def test_batch_norm_whole_sample_tasks_float32_large_mean_deterministic():
     """BatchNorm sums over tasks of whole samples (C * S small: here 16 x 196, 5 samples per
     task, the last task short): float32 data of mean 1e4 against the float64 reference, and
     bitwise the same results for 1 and 2 threads."""
-    import numba
-
     shape = (71, 16, 14, 14)
     x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
-    original = numba.get_num_threads()
-    results = []
-    try:
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(threads)
-            y, saved = F.batch_norm(x, w, b)
-            results.append((y, *F.batch_norm_backward(dy, saved)))
-    finally:
-        numba.set_num_threads(original)
-    for a, c in zip(results[0], results[-1]):
-        np.testing.assert_array_equal(a, c)
+
+    def run():
+        y, saved = F.batch_norm(x, w, b)
+        return (y, *F.batch_norm_backward(dy, saved))
+    y, dx, dw, db = same_for_1_and_2_threads(run)
     xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
-    y, dx, dw, db = results[0]
     close(y, ref.batch_norm(xd, wd, b.astype(np.float64))[0], 2e-6)
     for got, want in zip((dx, dw, db), ref.batch_norm_backward(dyd, xd, wd)):
         close(got, want, 2e-6)
