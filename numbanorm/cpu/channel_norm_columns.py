@@ -18,8 +18,21 @@ from ._parallel import FASTMATH, TASK_SIZE
 
 @njit(cache=True)
 def rows_per_task(C):
-    """Rows of an (R, C) array per task: about TASK_SIZE values."""
+    """Rows of an (R, C) array per elementwise task: about TASK_SIZE values."""
     return max(1, TASK_SIZE // C)
+
+
+# Rows per task of the sums, at least (up to R / SUM_TASKS): each task writes 2*C float64
+# partials, merged serially, so short tasks over wide rows spend their time there ((4096, 512)
+# float32: 128 tasks of 32 rows wrote and merged 1 MiB of partials for 8 MiB of data).
+SUM_ROWS_AT_LEAST = 256
+SUM_TASKS = 16
+
+
+@njit(cache=True)
+def sum_rows_per_task(R, C):
+    """Rows of an (R, C) array per task of `sums` (a function of the shape only)."""
+    return max(1, TASK_SIZE // C, min(SUM_ROWS_AT_LEAST, R // SUM_TASKS))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -45,7 +58,7 @@ def sums(x, center, dy, with_dy, serial):
     With dy: (sum(dy), sum(dy * (x - center))).
     """
     R, C = x.shape
-    rows = rows_per_task(C)
+    rows = sum_rows_per_task(R, C)
     T = -(-R // rows)
     p1 = np.empty((T, C))
     p2 = np.empty((T, C))
