@@ -3,10 +3,11 @@ channels-last kernels (BatchNorm on the (N*S, C) view, GroupNorm/InstanceNorm on
 (S, C) matrix; columns are channels, rows are positions).
 
 The inner loop runs along a row's contiguous channels (vectorised), and rows are taken in
-blocks (SUM_ROWS for sums, four or two for elementwise passes), so each column's accumulators and
+blocks (SUM_ROWS for sums, two for elementwise passes), so each column's accumulators and
 coefficients are loaded once per block instead of once per row (one row at a time ran ~1.3-2x
-slower than the NCHW kernels). The summation order depends on R only, never on the thread
-count.
+slower than the NCHW kernels). Block walks that the hardware prefetchers do not follow from
+memory ask for their lines ahead (numbanorm.cpu._prefetch). The summation order depends on R
+only, never on the thread count.
 """
 import numpy as np
 from numba import njit
