@@ -162,7 +162,7 @@ def test_batch_norm_whole_sample_tasks_float32_large_mean_deterministic():
 
     def run():
         y, saved = F.batch_norm(x, w, b)
-        y_eval, saved_eval = F.batch_norm(x, w, b, rm, rv, training=False)
+        _, saved_eval = F.batch_norm(x, w, b, rm, rv, training=False)
         return (y, *F.batch_norm_backward(dy, saved), *F.batch_norm_backward(dy, saved_eval))
     y, dx, dw, db, *eval_grads = same_for_1_and_2_threads(run)
     xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
