@@ -17,12 +17,12 @@ from .half import load, store, work_empty
 @njit(cache=True)
 def _grid(N, C, S):
     """(samples, planes, spatial) per task for an (N, C, S) array: a task covers samples
-    [b*samples, ...) x channels [j*planes, ...) x positions [k*spatial, ...), always about
-    TASK_SIZE elements of contiguous memory.
+    [b*samples, ...) x channels [j*planes, ...) x positions [k*spatial, ...), contiguous
+    memory of at most TASK_SIZE elements (over half of it, but for a last, shorter block).
 
-    One task per plane (n, c) of (256, 16, 196) took 1.16x the floor's time (4096 tasks of
-    196 elements: each task's setup and partials), 5 whole samples per task 1.05x (kernel
-    alone, benchmarks/floor.py's eval backward beside it).
+    One task per plane (n, c) of (256, 16, 196) took 1.10-1.16x the floor's time (4096 tasks
+    of 196 elements: each task's setup and partials), 5 whole samples per task 1.03-1.06x
+    (kernel alone, benchmarks/floor.py's eval backward beside it, 2 threads).
     """
     spatial = min(S, TASK_SIZE)
     planes = max(1, min(C, TASK_SIZE // S))
