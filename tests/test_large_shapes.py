@@ -149,19 +149,26 @@ def test_layer_norm_paired_rows_float32_large_mean_deterministic():
 
 def test_batch_norm_whole_sample_tasks_float32_large_mean_deterministic():
     """BatchNorm sums over tasks of whole samples (C * S small: here 16 x 196, 5 samples per
-    task, the last task short): float32 data of mean 1e4 against the float64 reference, and
-    bitwise the same results for 1 and 2 threads."""
+    task, the last task short), training and eval (whose backward also writes dx per task):
+    float32 data of mean 1e4 against the float64 reference, and bitwise the same results for
+    1 and 2 threads."""
     shape = (71, 16, 14, 14)
     x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     w = (1 + 0.5 * rng.standard_normal(shape[1])).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
+    rm = (1e4 + 0.1 * rng.standard_normal(shape[1])).astype(np.float32)
+    rv = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
 
     def run():
         y, saved = F.batch_norm(x, w, b)
-        return (y, *F.batch_norm_backward(dy, saved))
-    y, dx, dw, db = same_for_1_and_2_threads(run)
+        _, saved_eval = F.batch_norm(x, w, b, rm, rv, training=False)
+        return (y, *F.batch_norm_backward(dy, saved), *F.batch_norm_backward(dy, saved_eval))
+    y, dx, dw, db, *eval_grads = same_for_1_and_2_threads(run)
     xd, dyd, wd = (a.astype(np.float64) for a in (x, dy, w))
     close(y, ref.batch_norm(xd, wd, b.astype(np.float64))[0], 2e-6)
     for got, want in zip((dx, dw, db), ref.batch_norm_backward(dyd, xd, wd)):
+        close(got, want, 2e-6)
+    rmd, rvd = rm.astype(np.float64), rv.astype(np.float64)
+    for got, want in zip(eval_grads, ref.batch_norm_eval_backward(dyd, xd, wd, rmd, rvd)):
         close(got, want, 2e-6)

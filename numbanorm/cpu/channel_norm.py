@@ -1,17 +1,14 @@
-"""CPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats).
+"""CPU kernels for per-channel normalization (BatchNorm; InstanceNorm with running stats):
+the forward and backward passes, given the per-channel sums.
 
 Shape legend: x is a C-contiguous (N, C, S) view, S = prod(spatial) (1 for (N, C) input).
 S == 1 ((N, C) input, and channels-last input as its (N*S, C) view) runs the column kernels of
 numbanorm.cpu.channel_norm_columns.
-Statistics are reduced per channel over N and S. x, dy, y and dx are float32, float64 or
-float16 (passed to the kernels as uint16 bits, read and written through numbanorm.cpu.half's
-load/store; elementwise math in float32); statistics and parameter gradients are float64 sums
-(for 16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums).
+Statistics are reduced per channel over N and S by numbanorm.cpu.channel_norm_sums (float64,
+deterministic for any thread count). x, dy, y and dx are float32, float64 or float16 (passed to
+the kernels as uint16 bits, read and written through numbanorm.cpu.half's load/store;
+elementwise math in float32); per-channel coefficients and parameter gradients are float64.
 The eval-mode backward's one-pass kernel is in numbanorm.cpu.channel_norm_eval.
-
-Determinism: the work is cut into tasks whose size depends only on the shape (never on the
-thread count); each task writes its own float64 partial sums and the partials are merged in a
-fixed order, so results are bitwise identical on every run and for every thread count.
 """
 import warnings
 
@@ -19,135 +16,9 @@ import numpy as np
 from numba import njit, prange
 from numba.core.errors import NumbaPerformanceWarning
 
-from . import _memory, channel_norm_columns, channel_norm_eval
-from ._parallel import FASTMATH, TASK_SIZE, serial
-from .half import bits, dy_sums, load, shifted_sums, store, work_empty
-
-
-# Rows x[n, c] at least this long are one task each (or several, above TASK_SIZE): consecutive
-# tasks then read consecutive memory. Grouping several samples' rows of one channel in a task
-# reads them from places C*S apart, which streamed ~2x slower from DRAM here ((64, 64, 3136)
-# float32 sums: 2.8 ms with 5 rows per task, 1.4 ms with 1). Shorter rows are grouped.
-LONG_ROW = 128
-WHOLE_SAMPLES_UP_TO = TASK_SIZE // 2  # elements per sample (C * S); see _grid
-
-
-def _grid(N, C, S):
-    """(samples per task, spatial elements per task) for an (N, C, S) reduction.
-
-    A sample of at most TASK_SIZE / 2 elements goes whole into a task with the next ones
-    (contiguous memory, _samples_task): one task per row of (256, 16, 196) cost 1.6x the
-    floor in the training forward, the index arithmetic and partials of 4096 tiny tasks.
-    """
-    if C * S <= WHOLE_SAMPLES_UP_TO:
-        return TASK_SIZE // (C * S), S
-    spatial = min(S, TASK_SIZE)
-    samples = 1 if S >= LONG_ROW else max(1, TASK_SIZE // spatial)
-    return samples, spatial
-
-
-# ---------------------------------------------------------------- reductions
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
-    """Task t = (sample block b, channel c, spatial block k) of an (N, C, S) reduction.
-
-    Without dy: p1 = sum(x - center[c]), p2 = sum((x - center[c])**2).
-    With dy: p1 = sum(dy), p2 = sum(dy * (x - center[c])).
-    """
-    N, C, S = x.shape
-    nk = p1.shape[2]
-    k = t % nk
-    c = (t // nk) % C
-    b = t // (nk * C)
-    s0 = k * spatial
-    s1 = min(S, s0 + spatial)
-    m = center[c]
-    a1 = 0.0
-    a2 = 0.0
-    for n in range(b * samples, min(N, (b + 1) * samples)):
-        xv = x[n, c, s0:s1]
-        if with_dy:
-            r1, r2 = dy_sums(dy[n, c, s0:s1], xv, m)
-        else:
-            r1, r2 = shifted_sums(xv, m)
-        a1 += r1
-        a2 += r2
-    p1[b, c, k] = a1
-    p2[b, c, k] = a2
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _samples_task(b, x, center, dy, with_dy, samples, p1, p2):
-    """Task b sums whole samples [b*samples, (b+1)*samples) of an (N, C, S) array, channel by
-    channel in memory order, into p1[b, c], p2[b, c] (sums as _plane_task's)."""
-    N, C, S = x.shape
-    a1 = p1[b].reshape(C)
-    a2 = p2[b].reshape(C)
-    for c in range(C):  # a loop, not `[:] = 0`: parallel=True would make that a parfor
-        a1[c] = 0.0
-        a2[c] = 0.0
-    for n in range(b * samples, min(N, (b + 1) * samples)):
-        for c in range(C):
-            if with_dy:
-                r1, r2 = dy_sums(dy[n, c], x[n, c], center[c])
-            else:
-                r1, r2 = shifted_sums(x[n, c], center[c])
-            a1[c] += r1
-            a2[c] += r2
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _channel_sums(x, center, dy, with_dy, samples, spatial, serial):
-    """Per-channel float64 (p1, p2) sums of the tasks above over the whole (N, C, S) array,
-    partials merged in a fixed order."""
-    N, C, S = x.shape
-    if S == 1:
-        return channel_norm_columns.sums(x.reshape(N, C), center, dy.reshape(N, C), with_dy,
-                                         serial)
-    nb, nk = -(-N // samples), -(-S // spatial)
-    p1 = np.empty((nb, C, nk))
-    p2 = np.empty((nb, C, nk))
-    if C * S <= WHOLE_SAMPLES_UP_TO:
-        if serial:  # whole samples per task (see _grid)
-            for b in range(nb):
-                _samples_task(b, x, center, dy, with_dy, samples, p1, p2)
-        else:
-            for b in prange(nb):
-                _samples_task(b, x, center, dy, with_dy, samples, p1, p2)
-    elif serial:
-        for t in range(nb * C * nk):
-            _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2)
-    else:
-        for t in prange(nb * C * nk):
-            _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2)
-    return _merge(p1), _merge(p2)
-
-
-@njit(cache=True)
-def _merge(p):
-    """Sum (nb, C, nk) partials over nb and nk in a fixed order -> (C,)."""
-    nb, C, nk = p.shape
-    out = np.zeros(C)
-    for b in range(nb):
-        for c in range(C):
-            for k in range(nk):
-                out[c] += p[b, c, k]
-    return out
-
-
-def _task_grid(N, C, S):
-    """(samples, spatial) per task of _channel_sums for an (N, C, S) array (S == 1: unused,
-    channel_norm_columns has its own tasks)."""
-    return (1, 1) if S == 1 else _grid(N, C, S)
-
-
-def _partial_sums(x, center, dy):
-    """_channel_sums with the task grid for x's shape; dy=None sums x's shifted moments."""
-    samples, spatial = _task_grid(*x.shape)
-    x = bits(x)
-    return _channel_sums(x, center, x if dy is None else bits(dy), dy is not None, samples, spatial,
-                         serial(x))
+from . import _memory, channel_norm_columns, channel_norm_eval, channel_norm_sums
+from ._parallel import FASTMATH, serial
+from .half import bits, load, store, work_empty
 
 
 def stats(x):
@@ -158,7 +29,7 @@ def stats(x):
     """
     N, C, S = x.shape
     center = x[0, :, 0].astype(np.float64)
-    s1, s2 = _partial_sums(x, center, None)
+    s1, s2 = channel_norm_sums.sums(x, center)
     return _mean_var(center, s1, s2, N * S)
 
 
@@ -297,7 +168,7 @@ def forward(x, weight, bias, eps, training, running_mean, running_var, momentum)
     rstd = np.empty(C)
     if training:
         _train_forward(bits(x), weight, bias, eps, running_mean, running_var, momentum,
-                       *_task_grid(*x.shape), bits(y), mean, rstd, serial(x))
+                       *channel_norm_sums.task_grid(*x.shape), bits(y), mean, rstd, serial(x))
     else:
         _eval_forward(bits(x), weight, bias, eps, running_mean, running_var, bits(y), mean, rstd,
                       serial(x))
@@ -334,7 +205,7 @@ def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, sa
     center = np.empty(C)
     for c in range(C):
         center[c] = load(x, (0, c, 0))
-    s1, s2 = _channel_sums(x, center, x, False, samples, spatial, serial)
+    s1, s2 = channel_norm_sums.channel_sums(x, center, x, False, samples, spatial, serial)
     scale, offset = _forward_coefficients(center, s1, s2, N * S, eps, weight, bias,
                                           running_mean, running_var, momentum, mean, rstd)
     _affine(x, mean, scale, offset, y, serial)
@@ -343,7 +214,7 @@ def _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, sa
 def backward_sums(x, dy, mean):
     """Per-channel float64 (sum(dy), sum(dy * (x - mean))) of (N, C, S) arrays: the two
     reductions of the backward (SyncBatchNorm allreduces them across ranks)."""
-    return _partial_sums(x, mean, dy)
+    return channel_norm_sums.sums(x, mean, dy)
 
 
 @njit(cache=True)
@@ -389,8 +260,9 @@ def backward(x, dy, mean, rstd, weight, training):
         dweight = np.empty(C, grad_dtype)  # allocated here: cheaper than returned arrays
         dbias = np.empty(C, grad_dtype)
         if training:
-            _train_backward(bits(x), bits(dy), mean, rstd, weight, *_task_grid(N, C, S), bits(dx),
-                            dweight, dbias, serial(x))
+            _train_backward(bits(x), bits(dy), mean, rstd, weight,
+                            *channel_norm_sums.task_grid(N, C, S), bits(dx), dweight, dbias,
+                            serial(x))
         else:
             channel_norm_eval.backward(bits(x), bits(dy), mean, rstd, weight, bits(dx), dweight,
                                        dbias, serial(x))
@@ -406,7 +278,8 @@ def _train_backward(x, dy, mean, rstd, weight, samples, spatial, dx, dweight, db
     """The training backward in one compiled call: dx, dweight, dbias written (the float64
     sums rounded to their dtype)."""
     N, C, S = x.shape
-    sum_dy, sum_dy_xmu = _channel_sums(x, mean, dy, True, samples, spatial, serial)
+    sum_dy, sum_dy_xmu = channel_norm_sums.channel_sums(x, mean, dy, True, samples, spatial,
+                                                        serial)
     a, b, d = backward_coefficients(rstd, weight, sum_dy, sum_dy_xmu, N * S)
     _backward_dx(x, dy, mean, a, b, d, dx, serial)
     for c in range(C):
