@@ -128,8 +128,17 @@ def _merge(p):
 
 def task_grid(N, C, S):
     """(samples, spatial) per task of channel_sums for an (N, C, S) array (S == 1: unused,
-    channel_norm_columns has its own tasks)."""
-    return (1, 1) if S == 1 else _grid(N, C, S)
+    channel_norm_columns has its own tasks); remembered per shape (a dict lookup costs less
+    than the arithmetic at the small calls)."""
+    grid = _grids.get((N, C, S))
+    if grid is None:
+        if len(_grids) >= 256:  # bounded: a process seeing many shapes starts over
+            _grids.clear()
+        grid = _grids[(N, C, S)] = (1, 1) if S == 1 else _grid(N, C, S)
+    return grid
+
+
+_grids = {}
 
 
 def sums(x, center, dy=None):

@@ -10,9 +10,10 @@ The affine weight/bias have G * Cg entries; element (r, c * S + s) uses entry g 
 x, dy, y and dx are float32, float64 or float16 (uint16 bits in the kernels, read and written
 through numbanorm.cpu.half's load/store; elementwise math in float32); weight/bias are float32
 for float16 data, else x's dtype; statistics and parameter gradients are float64 sums (for
-16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums / dy_sums). The S == 1
-backward adds its per-element dweight/dbias terms over blocks of up to ROW_BLOCK rows in the
-work type first, and sums rows of >= PAIR_ROWS_FROM elements in work-type blocks of SUM_BLOCK.
+16-bit data of float32 block sums: numbanorm.cpu.half.shifted_sums). The backward's sums over
+dy run in the work type over blocks and add into float64: per channel plane in blocks of
+SUM_BLOCK (S > 1), per element over blocks of up to ROW_BLOCK rows (S == 1), and rows of
+>= PAIR_ROWS_FROM elements in blocks of SUM_BLOCK.
 
 Each task owns whole rows (a shape-determined number of them) and makes both passes over a
 row (or a pair of rows) back to back, so the second pass reads the row from cache, not memory.
@@ -22,7 +23,7 @@ from numba import njit, prange
 
 from . import _memory
 from ._parallel import FASTMATH, SERIAL_BELOW, TASK_SIZE
-from .half import SUM_BLOCK, bits, dy_sums, load, shifted_sums, store, work, work_empty
+from .half import SUM_BLOCK, bits, load, shifted_sums, store, work, work_empty
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -266,6 +267,36 @@ def _element_dx(xr, gr, dxr, wv, m_x, rs, c, s1, s2):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
+def _plane_sums(gv, xv, m_x):
+    """(sum(dy), sum(dy * (x - m_x))) of one channel plane in float64, summed in x's work type
+    over blocks of SUM_BLOCK elements (as _pair_sums): on GroupNorm's short planes the
+    conversion of every term to float64 cost more than the rest of the first pass."""
+    S = xv.size
+    if S <= SUM_BLOCK:  # one block, without the slicing (it cost as much as the sums here)
+        return _work_sums(gv, xv, m_x)
+    a1 = 0.0
+    a2 = 0.0
+    for j0 in range(0, S, SUM_BLOCK):
+        gb = gv[j0:min(S, j0 + SUM_BLOCK)]
+        t1, t2 = _work_sums(gb, xv[j0:j0 + gb.size], m_x)
+        a1 += t1
+        a2 += t2
+    return a1, a2
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _work_sums(gv, xv, m_x):
+    """(sum(dy), sum(dy * (x - m_x))) over one block, summed in the work type, as float64."""
+    t1 = work(xv, 0.0)
+    t2 = work(xv, 0.0)
+    for j in range(xv.size):
+        g = load(gv, j)
+        t1 += g
+        t2 += g * (load(xv, j) - m_x)
+    return np.float64(t1), np.float64(t2)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _backward_plane_row(r, x, dy, mean, rstd, weight, G, Cg, S, dx, pw_all, pb_all):
     """dx[r] for S > 1 (GroupNorm, InstanceNorm: Cg planes of S elements), and the row's
     per-channel sums of dy * xhat and dy added into pw_all/pb_all (float64, G*Cg entries)."""
@@ -278,7 +309,7 @@ def _backward_plane_row(r, x, dy, mean, rstd, weight, G, Cg, S, dx, pw_all, pb_a
     s1 = 0.0
     s2 = 0.0
     for k in range(Cg):
-        sg, sgx = dy_sums(gr[k * S:(k + 1) * S], xr[k * S:(k + 1) * S], m_x)
+        sg, sgx = _plane_sums(gr[k * S:(k + 1) * S], xr[k * S:(k + 1) * S], m_x)
         sgx = sgx * rs + c * sg  # sum(dy * xhat)
         w = np.float64(weight[base + k])
         s1 += w * sg

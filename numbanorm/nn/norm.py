@@ -39,7 +39,12 @@ class _Norm(OpModule):
         dx, dweight, dbias = functional_backward(dy, saved)
         object.__setattr__(self, "_saved", None)  # released (OpModule._release, inline)
         if dweight is not None and dbias is not None:
-            self._accumulate_grads(weight, dweight, bias, dbias)
+            gw, gb = weight.grad, bias.grad
+            if type(gw) is np.ndarray and type(gb) is np.ndarray:  # _accumulate_grads, inline
+                # (both wanted: has_weight/has_bias above include requires_grad)
+                _backend.get("cpu").add_pair_(gw, dweight, gb, dbias)
+            else:
+                self._accumulate_grads(weight, dweight, bias, dbias)
         elif dweight is not None:
             self._accumulate_grad(weight, dweight)
         elif dbias is not None:
@@ -118,7 +123,10 @@ class _BatchNorm(_NormBase):
         """Training: batch statistics (running stats updated); eval: running statistics.
         mask: optional bool (N,) or (N, *spatial) selecting the positions the training
         statistics come from (see functional.batch_norm); ignored in eval."""
-        self._check_input(x)
+        ndims = self._input_ndims
+        if not (type(x) is np.ndarray and ndims is not None and len(x.shape) in ndims
+                and x.shape[1] == self.num_features):
+            self._check_input(x)  # its errors (the common case passes: tested inline)
         training, momentum, weight, bias = self.training, self.momentum, self.weight, self.bias
         counting = training and self.track_running_stats
         if momentum is None:  # counting: cumulative moving average
@@ -263,7 +271,10 @@ class _InstanceNorm(_NormBase):
 
     def forward(self, x: Array) -> Array:
         """Per-(sample, channel) statistics; in eval with tracked running stats, those instead."""
-        self._check_input(x)
+        ndims = self._input_ndims
+        if not (type(x) is np.ndarray and ndims is not None and len(x.shape) in ndims
+                and x.shape[1] == self.num_features):
+            self._check_input(x)  # its errors (the common case passes: tested inline)
         weight, bias = self._params()
         use_input_stats = self.training or not self.track_running_stats
         # PyTorch's InstanceNorm treats momentum=None as 0 (no cumulative average)
@@ -311,7 +322,8 @@ class LayerNorm(_Norm):
         self.bias = Parameter(self._array(0.0, shape, dtype)) if elementwise_affine and bias else None
 
     def forward(self, x: Array) -> Array:
-        self._check_input(x)
+        if type(x) is not np.ndarray or self._input_ndims is not None:
+            self._check_input(x)  # its errors (the common case passes: tested inline)
         y, saved = F.layer_norm(x, self.normalized_shape,
                                 self.weight.data if self.weight is not None else None,
                                 self.bias.data if self.bias is not None else None, self.eps)
@@ -345,8 +357,9 @@ class GroupNorm(_Norm):
         self.bias = Parameter(self._array(0.0, (num_channels,), dtype)) if affine else None
 
     def forward(self, x: Array) -> Array:
-        self._check_input(x)
-        if len(x.shape) >= 2 and int(x.shape[1]) != self.num_channels:
+        if type(x) is not np.ndarray or self._input_ndims is not None:
+            self._check_input(x)  # its errors (the common case passes: tested inline)
+        if len(x.shape) >= 2 and x.shape[1] != self.num_channels and int(x.shape[1]) != self.num_channels:
             raise ValueError(f"GroupNorm expected {self.num_channels} channels (x.shape[1]), got {int(x.shape[1])}")
         y, saved = F.group_norm(x, self.num_groups,
                                 self.weight.data if self.weight is not None else None,
