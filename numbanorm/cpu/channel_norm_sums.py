@@ -38,6 +38,17 @@ def _grid(N, C, S):
     return samples, spatial
 
 
+@njit(cache=True, inline="always")
+def plane_task_bounds(t, N, C, S, nk, samples, spatial):
+    """Task t of a (sample blocks, C, nk spatial blocks) grid over an (N, C, S) array ->
+    (b, c, k, n0, n1, s0, s1): its block indices, samples [n0, n1) and positions [s0, s1)."""
+    k = t % nk
+    c = (t // nk) % C
+    b = t // (nk * C)
+    s0 = k * spatial
+    return b, c, k, b * samples, min(N, (b + 1) * samples), s0, min(S, s0 + spatial)
+
+
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
     """Task t = (sample block b, channel c, spatial block k) of an (N, C, S) reduction.
@@ -46,16 +57,11 @@ def _plane_task(t, x, center, dy, with_dy, samples, spatial, p1, p2):
     With dy: p1 = sum(dy), p2 = sum(dy * (x - center[c])).
     """
     N, C, S = x.shape
-    nk = p1.shape[2]
-    k = t % nk
-    c = (t // nk) % C
-    b = t // (nk * C)
-    s0 = k * spatial
-    s1 = min(S, s0 + spatial)
+    b, c, k, n0, n1, s0, s1 = plane_task_bounds(t, N, C, S, p1.shape[2], samples, spatial)
     m = center[c]
     a1 = 0.0
     a2 = 0.0
-    for n in range(b * samples, min(N, (b + 1) * samples)):
+    for n in range(n0, n1):
         xv = x[n, c, s0:s1]
         if with_dy:
             r1, r2 = dy_sums(dy[n, c, s0:s1], xv, m)

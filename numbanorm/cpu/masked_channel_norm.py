@@ -13,6 +13,7 @@ from numba import njit, prange
 from . import _memory
 from ._parallel import FASTMATH, TASK_SIZE, serial
 from .channel_norm import backward_coefficients
+from .channel_norm_sums import plane_task_bounds
 from .half import bits, load, store
 
 
@@ -22,16 +23,11 @@ def _masked_plane_task(t, x, mask, center, samples, spatial, p1, p2):
     p2 = sum((x - center[c])**2) over the selected positions only (unselected values, NaN
     padding included, are never read into the sums)."""
     N, C, S = x.shape
-    nk = p1.shape[2]
-    k = t % nk
-    c = (t // nk) % C
-    b = t // (nk * C)
-    s0 = k * spatial
-    s1 = min(S, s0 + spatial)
+    b, c, k, n0, n1, s0, s1 = plane_task_bounds(t, N, C, S, p1.shape[2], samples, spatial)
     m = center[c]
     a1 = 0.0
     a2 = 0.0
-    for n in range(b * samples, min(N, (b + 1) * samples)):
+    for n in range(n0, n1):
         xv = x[n, c, s0:s1]
         mv = mask[n, s0:s1]
         for s in range(xv.size):
