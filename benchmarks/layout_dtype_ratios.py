@@ -1,6 +1,6 @@
 """float16 and channels-last norm ops against float32 NCHW, side by side in one run.
 
-    python -m benchmarks.layout_dtype_ratios [threads] [rounds] [only]
+    python -m benchmarks.layout_dtype_ratios [threads] [rounds] [only] [clock]
 
 For each op at a large benchmark shape: forward/backward ms of float32 NCHW, float16 and
 bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last float32
@@ -9,7 +9,12 @@ the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes st
 more), with the ratio of each to float32 NCHW (the issue #13 targets: float16 <= 0.75x,
 channels-last <= 1.1x). Interleaved rounds, best of `rounds` (15) per row. `only`: run just the
 ops whose "op shape" (e.g. "GroupNorm 32x256x28x28") contains one of these comma-separated
-strings, e.g. "32x64x28x28".
+strings, e.g. "32x64x28x28" ("" for all). `clock`: "wall" (the default) or "cpu": the calling
+thread's CPU time (time.thread_time), for 1 thread only, where the kernels run on the calling
+thread: on a shared, busy machine it leaves out the time the thread waits descheduled (2 cores,
+load 4-6, 2026-11-25: one channels-last forward ratio read 1.03x and 2.11x in two wall-clock
+runs of 9 rounds; with the cpu clock repeated runs agreed within ~0.1x forward, ~0.3x backward,
+the rest being other processes' use of the caches).
 """
 import sys
 import time
@@ -80,9 +85,15 @@ def _rows(op, shape, channels_last, rng):
     return rows
 
 
-def main(threads=None, rounds=15, only=None):
+def main(threads=None, rounds=15, only=None, clock="wall"):
     if threads:
         numba.set_num_threads(threads)
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and numba.get_num_threads() != 1:
+        raise ValueError("clock 'cpu' counts the calling thread only: run it with threads = 1, "
+                         f"got {numba.get_num_threads()} threads")
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     rng = np.random.default_rng(0)
     for op, shape, channels_last in OPS:
         name = f"{op} {'x'.join(map(str, shape))}"
@@ -93,11 +104,11 @@ def main(threads=None, rounds=15, only=None):
         for _ in range(rounds):
             for k, fns in rows.items():
                 for i, fn in enumerate(fns):
-                    t = time.perf_counter()
+                    t = now()
                     fn()
-                    best[k][i] = min(best[k][i], time.perf_counter() - t)
+                    best[k][i] = min(best[k][i], now() - t)
         base = best["float32"]
-        print(f"{op} {'x'.join(map(str, shape))}, {numba.get_num_threads()} thread(s)")
+        print(f"{name}, {numba.get_num_threads()} thread(s), {clock} clock")
         for k, (f, g) in best.items():
             line = (f"  {k:22s} forward {f * 1e3:7.2f} ms ({f / base[0]:.2f}x)  "
                     f"backward {g * 1e3:7.2f} ms ({g / base[1]:.2f}x)")
@@ -108,4 +119,4 @@ def main(threads=None, rounds=15, only=None):
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]), *sys.argv[3:4])
+    main(*(int(a) for a in sys.argv[1:3]), *sys.argv[3:5])

@@ -23,6 +23,13 @@ Pass 1 prefetches its blocks' lines in address order (cpu/_prefetch): from memor
 blocks alone ran 1.3-1.5x slower than NCHW row_norm's sequential rows. Pass 2 reads the sample
 back from cache and prefetches only the lines it writes (for writing): prefetching its reads
 as well cost more instructions than it saved (cold and warm, 1 thread).
+Tried and measured slower (branch rowcl, 2026-11-25, 1 thread, float32, against this kernel):
+tasks per (sample, block of whole groups) walking strided row segments: with 16-column
+compile-time chunks 2.5-4x slower (one vector per row, but each 4-row block paid tens of
+instructions of index arithmetic and spills), with the block's width as the loop length
+(64-byte blocks: 1.15-1.6x slower; 256-byte blocks, i.e. whole samples at C = 64, 1.0-1.4x).
+Also walking pass 2 from the sample's end (what pass 1 read last) and 4-row dx blocks: no
+change beyond the noise (~0.1x).
 """
 import numpy as np
 from numba import njit, prange
