@@ -69,13 +69,20 @@ def sums(x, center, dy, with_dy, serial):
     else:
         for t in prange(T):
             _sums_task(t, x, center, dy, with_dy, rows, p1, p2)
-    s1 = np.zeros(C)
-    s2 = np.zeros(C)
-    for t in range(T):  # task order
+    return _merge(p1), _merge(p2)
+
+
+@njit(cache=True)
+def _merge(p):
+    """Sum (T, C) task partials in task order -> (C,). Not in `sums`: under parallel=True its
+    np.zeros would be a parfor, one more wake-up of the thread pool per call (on a busy
+    machine a wait of milliseconds for the other core, even on the serial path)."""
+    T, C = p.shape
+    out = np.zeros(C)
+    for t in range(T):
         for c in range(C):
-            s1[c] += p1[t, c]
-            s2[c] += p2[t, c]
-    return s1, s2
+            out[c] += p[t, c]
+    return out
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
