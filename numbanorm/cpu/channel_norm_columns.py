@@ -96,7 +96,12 @@ def _affine_task(t, u, center, scale, offset, out, rows):
 def affine(u, center, scale, offset, out, serial):
     """out[r, c] = (u[r, c] - center[c]) * scale[c] + offset[c] on (R, C) arrays; coefficients
     (C,) in u's work type."""
-    rows = rows_per_task(u.shape[1])
+    C = u.shape[1]
+    rows = rows_per_task(C)
+    if _columns.is_16bit(u):  # flat runs of whole rows (see _columns.flat_rows)
+        k = _columns.flat_rows(C)
+        center, scale, offset = (_columns.tile(center, k), _columns.tile(scale, k),
+                                 _columns.tile(offset, k))
     T = -(-u.shape[0] // rows)
     if serial:
         for t in range(T):
@@ -117,7 +122,12 @@ def _input_grad_task(t, x, dy, mean, a, b, d, dx, rows):
 def input_grad(x, dy, mean, a, b, d, dx, serial):
     """dx[r, c] = a[c] * dy[r, c] + b[c] * (x[r, c] - mean[c]) + d[c] on (R, C) arrays;
     coefficients (C,) in x's work type."""
-    rows = rows_per_task(x.shape[1])
+    C = x.shape[1]
+    rows = rows_per_task(C)
+    if _columns.is_16bit(x):  # flat runs of whole rows (see _columns.flat_rows)
+        k = _columns.flat_rows(C)
+        mean, a, b, d = (_columns.tile(mean, k), _columns.tile(a, k), _columns.tile(b, k),
+                         _columns.tile(d, k))
     T = -(-x.shape[0] // rows)
     if serial:
         for t in range(T):
