@@ -69,18 +69,30 @@ def _normalize_row(r, x, weight, bias, G, Cg, S, y, m, rs):
                 store(yv, j, (load(xv, j) - m_x) * a_x + b_x)
 
 
+# Rows of at least this many elements are normalized right after their statistics (see
+# _forward_task); shorter rows get the statistics of the whole task first.
+ROW_AT_ONCE_FROM = 512
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _forward_task(t, rows_per_task, x, weight, bias, G, Cg, S, eps, y, mean, rstd):
     """Rows [t * rows_per_task, (t + 1) * rows_per_task): the statistics of every row, then
     every row normalized (the task's rows, at most TASK_SIZE elements, are still in cache).
 
-    Statistics first for the whole task, not row by row: a row's normalization waits on its
-    divisions and square root, and with the rows' sums back to back the CPU overlaps those
-    waits (measured 2x faster on rows of 64 elements).
+    Short rows: statistics first for the whole task, not row by row: a row's normalization
+    waits on its divisions and square root, and with the rows' sums back to back the CPU
+    overlaps those waits (measured 2x faster on rows of 64 elements). Rows of ROW_AT_ONCE_FROM
+    elements or more: each row normalized right after its statistics, while it is in L1, not
+    L2 (LayerNorm (8192, 768), 1 thread: 5.0 -> 3.2 ms). The same arithmetic either way.
     """
-    R = x.shape[0]
+    R, M = x.shape
     r0 = t * rows_per_task
     r1 = min(R, r0 + rows_per_task)
+    if M >= ROW_AT_ONCE_FROM:
+        for r in range(r0, r1):
+            mean[r], rstd[r] = _row_stats(x[r], eps)
+            _normalize_row(r, x, weight, bias, G, Cg, S, y, mean[r], rstd[r])
+        return
     for r in range(r0, r1):
         mean[r], rstd[r] = _row_stats(x[r], eps)
     for r in range(r0, r1):
