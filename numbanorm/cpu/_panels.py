@@ -24,7 +24,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 LANE_BYTES = 64  # bytes of work-type values per vector (one AVX-512 register)
-PANELS = 4  # vectors of columns held in registers at a time (4 float32 vectors: C = 64)
+# vectors of columns held in registers at a time (8 float32 vectors: C = 128): three values per
+# vector (coefficients or sums) fill 24 of AVX-512's 32 registers, four (input_grad) fill 24 at 6
+PANELS = 8
+GRAD_PANELS = 6
 BLOCK_ROWS = 64  # rows per block; sums are added into float64 once per block
 
 _I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -152,8 +155,8 @@ class _Vectors:
 _FLAGS = ("contract",)
 
 
-def _emit_columns(builder, vec, R, C, begin, row, end):
-    """for each block of BLOCK_ROWS rows, for each group of up to PANELS column vectors:
+def _emit_columns(builder, vec, R, C, begin, row, end, most=PANELS):
+    """for each block of BLOCK_ROWS rows, for each group of up to `most` column vectors:
     state = begin(cols); row(state, r, cols) for the block's rows r; end(state, cols).
     cols: [(first column (i64), mask or None)]; the loop body is emitted once per group size
     and tail case, so `state` lives in registers."""
@@ -163,10 +166,10 @@ def _emit_columns(builder, vec, R, C, begin, row, end):
     npan = b.sdiv(b.add(C, b.sub(lanes, one)), lanes)  # ceil(C / lanes)
     tail = b.sub(C, b.mul(b.sub(npan, one), lanes))  # columns in the last vector: 1..lanes
     masked_tail = b.icmp_signed("!=", tail, lanes)
+    panels = ir.Constant(_I64, most)
+    ngroups = b.sdiv(b.add(npan, b.sub(panels, one)), panels)
     block = ir.Constant(_I64, BLOCK_ROWS)
     nblocks = b.sdiv(b.add(R, b.sub(block, one)), block)
-    panels = ir.Constant(_I64, PANELS)
-    ngroups = b.sdiv(b.add(npan, b.sub(panels, one)), panels)
     with cgutils.for_range(b, nblocks) as blk:
         r0 = b.mul(blk.index, block)
         r1 = b.select(b.icmp_signed("<", b.add(r0, block), R), b.add(r0, block), R)
@@ -182,7 +185,7 @@ def _emit_columns(builder, vec, R, C, begin, row, end):
             switch = b.switch(key, default)
             with b.goto_block(default):
                 b.branch(merge)
-            for count in range(1, PANELS + 1):
+            for count in range(1, most + 1):
                 for with_mask in (False, True):
                     case = b.append_basic_block("panels.%d.%d" % (count, with_mask))
                     switch.add_case(ir.Constant(_I64, 2 * (count - 1) + with_mask), case)
@@ -266,7 +269,7 @@ def input_grad(typingctx, x, g, out, m, a, b, d):
                 out = builder.fadd(builder.fadd(t1, t2, flags=_FLAGS), dv, flags=_FLAGS)
                 vec.store(out, O.data, off, k)
 
-        _emit_columns(builder, vec, R, C, begin, row, lambda state, cols: None)
+        _emit_columns(builder, vec, R, C, begin, row, lambda state, cols: None, GRAD_PANELS)
         return context.get_dummy_value()
     return types.void(x, g, out, m, a, b, d), codegen
 
