@@ -68,7 +68,7 @@ def is_channels_last(be, x):
     """x (N, C, *spatial) is a dense channels-last array, not also C-contiguous."""
     if be.name == "cpu":
         return (x.ndim >= 3 and not x.flags.c_contiguous
-                and np.moveaxis(x, 1, -1).flags.c_contiguous)
+                and be.moveaxis(x, 1, -1).flags.c_contiguous)
     return x.ndim >= 3 and not be.is_contiguous(x) and be.is_contiguous(be.moveaxis(x, 1, -1))
 
 
