@@ -7,7 +7,12 @@ bfloat16 (with ml_dtypes; float32 parameters: mixed precision), channels-last fl
 (BatchNorm, GroupNorm, InstanceNorm; float16 channels-last too, also against float16 NCHW) and
 the memory floors of float32 and float16 (benchmarks/floor.py: the same bytes streamed, no
 more), with the ratio of each to float32 NCHW (the issue #13 targets: float16 <= 0.75x,
-channels-last <= 1.1x). Interleaved rounds, best of `rounds` (15) per row. `only`: run just the
+channels-last <= 1.1x). Interleaved rounds, best of `rounds` (15) per row; before every timed
+call the caches are evicted (EVICT_BYTES read), so every row starts from memory alike: without
+that, a row timed right after rows that touched the same arrays (the float32 NCHW row after
+the floor rows, which read its x and dy) could find them in L3 while the others did not.
+Shapes whose calls take ~0.3 ms (the 28x28 ones) still vary by up to ~1.3x from run to run on
+this shared 2-core machine: compare ratios within a run. `only`: run just the
 ops whose "op shape" (e.g. "GroupNorm 32x256x28x28") contains one of these comma-separated
 strings, e.g. "32x64x28x28" ("" for all). `clock`: "wall" (the default) or "cpu": the calling
 thread's CPU time (time.thread_time), for 1 thread only, where the kernels run on the calling
@@ -85,6 +90,9 @@ def _rows(op, shape, channels_last, rng):
     return rows
 
 
+EVICT_BYTES = 96 << 20  # read before each timed call: three times this machine's 32 MB L3
+
+
 def main(threads=None, rounds=15, only=None, clock="wall"):
     if threads:
         numba.set_num_threads(threads)
@@ -95,6 +103,7 @@ def main(threads=None, rounds=15, only=None, clock="wall"):
                          f"got {numba.get_num_threads()} threads")
     now = time.thread_time if clock == "cpu" else time.perf_counter
     rng = np.random.default_rng(0)
+    evict = np.ones(EVICT_BYTES // 8)  # summed: the caches filled with other, clean lines
     for op, shape, channels_last in OPS:
         name = f"{op} {'x'.join(map(str, shape))}"
         if only and not any(o in name for o in only.split(",")):
@@ -104,6 +113,7 @@ def main(threads=None, rounds=15, only=None, clock="wall"):
         for _ in range(rounds):
             for k, fns in rows.items():
                 for i, fn in enumerate(fns):
+                    evict.sum()
                     t = now()
                     fn()
                     best[k][i] = min(best[k][i], now() - t)
