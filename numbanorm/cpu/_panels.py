@@ -35,7 +35,7 @@ PANELS = 8
 GRAD_PANELS = 6
 BLOCK_ROWS = 64  # rows per block; sums are added into float64 once per block
 
-_I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _F32, _F64 = ir.FloatType(), ir.DoubleType()
 
 
