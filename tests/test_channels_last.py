@@ -57,9 +57,9 @@ def test_batch_norm_channels_last(shape, dtype, training):
 
 
 # (N*S, C) shapes that fill whole row-block tasks and leave partial blocks and tasks (C odd:
-# rows per task not a multiple of the 8-row sum blocks), run by the parallel kernels;
-# (3000, 130): wide rows, whose sums take longer tasks than the elementwise passes (187 rows);
-# C = 3: 16-bit flat runs of 341 rows (C = 37, 48, 130: runs not dividing the tasks' rows)
+# rows per task not a multiple of the 64-row sum blocks), run by the parallel kernels;
+# (3000, 130): wide rows (two register groups of column vectors, the last one masked), whose
+# sums take longer tasks than the elementwise passes (187 rows); C = 3 and 37: one masked vector
 BLOCK_SHAPES = [(8, 64, 10, 12), (5, 37, 9, 21), (6000, 48), (3000, 130), (8, 3, 40, 35),
                 (11000, 3)]
 
