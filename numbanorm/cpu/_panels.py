@@ -29,6 +29,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .half import bfloat16_bits
+
 LANE_BYTES = 64  # bytes of work-type values per vector (one AVX-512 register)
 # vectors of columns held in registers at a time (8 float32 vectors: C = 128): three values per
 # vector (coefficients or sums) fill 24 of AVX-512's 32 registers, four (input_grad) fill 24 at 6
@@ -155,15 +157,8 @@ class _Vectors:
         if self.kind == "f16":
             v = b.bitcast(b.fptrunc(v, ir.VectorType(ir.HalfType(), self.lanes)),
                           ir.VectorType(_I16, self.lanes))
-        elif self.kind == "bf16":  # as numbanorm.cpu.half._float_to_bfloat, per lane
-            vi32 = ir.VectorType(_I32, self.lanes)
-            u = b.bitcast(v, vi32)
-            c = lambda k: self.splat(ir.Constant(_I32, k), _I32)  # noqa: E731
-            lsb = b.and_(b.lshr(u, c(16)), c(1))
-            rounded = b.add(u, b.add(lsb, c(0x7FFF)))
-            nan = b.fcmp_unordered("uno", v, v)
-            r = b.select(nan, b.or_(u, c(0x00400000)), rounded)
-            v = b.trunc(b.lshr(r, c(16)), ir.VectorType(_I16, self.lanes))
+        elif self.kind == "bf16":
+            v = bfloat16_bits(b, v)
         self.raw_store(v, ptr, off, mask)
 
     def add_into(self, acc, ptr, off, mask):

@@ -57,17 +57,29 @@ def _bfloat_to_float(typingctx, b):
     return types.float32(types.int16), codegen
 
 
+def bfloat16_bits(builder, v):
+    """LLVM IR: float32 v (a scalar or a vector) -> its bfloat16 bits (i16, or a vector of them):
+    round to nearest even on the bits (bfloat16 is float32's top half); NaN stays quiet NaN.
+    Shared by _float_to_bfloat and the vector loops of numbanorm.cpu._panels."""
+    n = v.type.count if isinstance(v.type, ir.VectorType) else None
+    i32 = ir.IntType(32) if n is None else ir.VectorType(ir.IntType(32), n)
+    i16 = ir.IntType(16) if n is None else ir.VectorType(ir.IntType(16), n)
+
+    def const(k):
+        return ir.Constant(i32, k if n is None else [k] * n)
+    u = builder.bitcast(v, i32)
+    lsb = builder.and_(builder.lshr(u, const(16)), const(1))
+    rounded = builder.add(u, builder.add(lsb, const(0x7FFF)))
+    nan = builder.fcmp_unordered("uno", v, v)
+    r = builder.select(nan, builder.or_(u, const(0x00400000)), rounded)
+    return builder.trunc(builder.lshr(r, const(16)), i16)
+
+
 @intrinsic
 def _float_to_bfloat(typingctx, v):
-    """Round to nearest even on the bits (bfloat16 is float32's top half); NaN stays quiet NaN."""
+    """float32 -> bfloat16 bits, rounded to nearest even (bfloat16_bits)."""
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        u = builder.bitcast(args[0], i32)
-        lsb = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
-        rounded = builder.add(u, builder.add(lsb, ir.Constant(i32, 0x7FFF)))
-        nan = builder.fcmp_unordered("uno", args[0], args[0])
-        r = builder.select(nan, builder.or_(u, ir.Constant(i32, 0x00400000)), rounded)
-        return builder.trunc(builder.lshr(r, ir.Constant(i32, 16)), ir.IntType(16))
+        return bfloat16_bits(builder, args[0])
     return types.int16(types.float32), codegen
 
 
