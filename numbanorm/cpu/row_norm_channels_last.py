@@ -4,7 +4,7 @@ Shape legend: x is a C-contiguous (N, S, C) array, the memory of an (N, C, *spat
 out channels-last, S = prod(spatial), C = G * Cg. Statistics are row_norm's: per (sample n,
 group g) over the S * Cg values x[n, :, g*Cg:(g+1)*Cg], returned as float64 (N*G,) arrays
 indexed n * G + g. InstanceNorm is G = C, Cg = 1. x, dy, y, dx are float32, float64 or 16-bit
-data (uint16/int16 bits through numbanorm.cpu.half's load/store, float32 work type); weight/bias
+data (uint16/int16 bits, converted as numbanorm.cpu.half does, float32 work type); weight/bias
 are float32 for 16-bit data, else x's dtype.
 
 One task per sample makes both passes over its (S, C) matrix back to back, in a fixed order;
